@@ -1,0 +1,122 @@
+"""Input checks shared by the public functions.
+
+Every error names the argument, the value received and what was expected, in
+the manner of timm's ``PatchEmbed`` ("Input height (230) should be ...").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import torch
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_images(images, name: str = "images", *, pixel_range: bool = True) -> torch.Tensor:
+    """Check a ``(B, C, H, W)`` image batch with C in {1, 3}.
+
+    With ``pixel_range`` the values must lie in ``[0, 255]``; a batch whose
+    values all lie in ``[0, 1]`` draws a warning, since every patch would then
+    fall into the first histogram bins.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have 4 dimensions (B, C, H, W), got shape {tuple(images.shape)}")
+    batch, channels, height, width = images.shape
+    if batch == 0:
+        raise ValueError(f"{name} must hold at least one image, got an empty batch of shape {tuple(images.shape)}")
+    if channels not in (1, 3):
+        raise ValueError(f"{name} must have 1 or 3 channels (dimension 1), got {channels} in shape {tuple(images.shape)}")
+    if height == 0 or width == 0:
+        raise ValueError(f"{name} must have a positive height and width, got shape {tuple(images.shape)}")
+    if images.dtype == torch.bool or images.is_complex():
+        raise TypeError(f"{name} must hold real numbers (float or uint8), got dtype {images.dtype}")
+    if images.dtype == torch.uint8:
+        return images
+    low, high = (float(v) for v in torch.aminmax(images.detach().float()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = low if not math.isfinite(low) else high
+        raise ValueError(f"{name} must be finite, got a {bad} value; expected pixels in [0, 255]")
+    if pixel_range:
+        if low < 0 or high > 255:
+            raise ValueError(f"{name} must hold pixel values in [0, 255], got values in [{low:g}, {high:g}]")
+        if high <= 1.0 and high > low:
+            warnings.warn(
+                f"{name} look scaled to [0, 1] (max {high:g}); entropy maps expect pixels in [0, 255], "
+                "multiply by 255 first",
+                UserWarning,
+                stacklevel=3,
+            )
+    return images
+
+
+def check_thresholds(thresholds, num_scales: int, name: str = "thresholds") -> list[float]:
+    """Check a list of ``num_scales - 1`` finite thresholds and return it as floats."""
+    if isinstance(thresholds, torch.Tensor):
+        thresholds = thresholds.tolist()
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise TypeError(
+            f"{name} must be a list of {num_scales - 1} numbers (one per scale above 0), got {thresholds!r}"
+        )
+    if len(thresholds) != num_scales - 1:
+        raise ValueError(
+            f"{name} must have num_scales - 1 = {num_scales - 1} entries (thresholds[s-1] belongs to scale s), "
+            f"got {len(thresholds)}: {list(thresholds)!r}"
+        )
+    values = []
+    for value in thresholds:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must hold numbers, got {value!r} in {list(thresholds)!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r} in {list(thresholds)!r}")
+        values.append(float(value))
+    return values
+
+
+def check_maps(maps, name: str = "entropy_maps") -> list[int]:
+    """Check importance maps ``{p_s: (B, h_s, w_s)}`` and return the sorted patch sizes.
+
+    The patch sizes must be ``p * 2**s`` and the grids must nest: each coarser
+    grid is ``ceil`` of half the finer one.
+    """
+    if not isinstance(maps, dict) or not maps:
+        raise TypeError(f"{name} must be a non-empty dict {{patch_size: tensor (B, h, w)}}, got {type(maps).__name__}")
+    sizes = sorted(maps)
+    base = sizes[0]
+    for scale, size in enumerate(sizes):
+        if size != base * 2**scale:
+            raise ValueError(f"{name} patch sizes must be p * 2**s (p={base}), got {sizes}")
+        tensor = maps[size]
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{name}[{size}] must be a tensor of shape (B, h, w), got {shape}")
+    batch, rows, cols = maps[base].shape
+    for size in sizes[1:]:
+        expected = (batch, -(-rows * base // size), -(-cols * base // size))
+        got = tuple(maps[size].shape)
+        # The grids of one image of H x W pixels: ceil(H / p_s); any H in the base grid's range fits.
+        ok = got[0] == batch and _nests(rows, base, got[1], size) and _nests(cols, base, got[2], size)
+        if not ok:
+            raise ValueError(
+                f"{name} shapes do not nest: {name}[{base}] is {tuple(maps[base].shape)}, so {name}[{size}] "
+                f"should be {expected}, got {got}"
+            )
+    return sizes
+
+
+def _nests(fine_cells: int, fine_size: int, coarse_cells: int, coarse_size: int) -> bool:
+    """Whether some image extent gives ``fine_cells`` at ``fine_size`` and ``coarse_cells`` at ``coarse_size``."""
+    low = (fine_cells - 1) * fine_size + 1
+    high = fine_cells * fine_size
+    return -(-low // coarse_size) <= coarse_cells <= -(-high // coarse_size)

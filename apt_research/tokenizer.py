@@ -1,0 +1,241 @@
+"""``PatchTokenizer``: importance maps, masks, patch groups and the packed sequence (spec section 4)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ._validation import check_images, check_int, check_thresholds
+from .entropy import grid_shape, scale_sizes
+from .scorers import compute_importance_maps, scorer_options
+from .selection import select_patches_by_threshold, tokens_per_scale
+
+CLASS_TOKEN = -1
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be an int or a pair (H, W), got {value!r}")
+    return check_int(f"{name}[0]", value[0], 1), check_int(f"{name}[1]", value[1], 1)
+
+
+def _channel_stats(name: str, value) -> torch.Tensor:
+    tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if tensor.numel() not in (1, 3) or not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} must be 1 or 3 finite numbers (one per channel), got {value!r}")
+    if name == "std" and bool((tensor <= 0).any()):
+        raise ValueError(f"std must be positive, got {value!r}")
+    return tensor
+
+
+class PatchTokenizer(nn.Module):
+    """Adaptive patch tokenizer: large patches where the image is flat, small ones where it is busy.
+
+    Parameters
+    ----------
+    num_scales : int
+        Number of patch scales S; scale s uses ``base_patch_size * 2**s`` pixels.
+    base_patch_size : int
+        Patch size of scale 0 (the ViT's patch size), e.g. 14 or 16.
+    image_size : int or (int, int)
+        Height and width of the images ``forward`` takes; any values.
+    thresholds : sequence of float
+        S - 1 thresholds; ``thresholds[s - 1]`` keeps scale-s patches whose score is below it.
+    mean, std : sequence of float
+        The normalisation the input images carry (as a ViT expects); undone,
+        times 255, before scoring.
+    method : str
+        Registered importance scorer (``entropy``, ``laplacian``, ``upsample_mse``).
+    pad_value : float
+        Score of padded border patches (never kept above scale 0).
+    **method_options
+        Options of the scorer, e.g. ``bins=512`` for entropy.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skimage import data
+    >>> mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    >>> pixels = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
+    >>> pixels = torch.nn.functional.interpolate(pixels, size=(224, 224), mode="bilinear")
+    >>> images = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    >>> tokenizer = PatchTokenizer(3, 16, 224, [5.75, 4.0], mean, std)
+    >>> out = tokenizer(images)
+    >>> out["seqlens"][0] == 1 + sum(out[f"resized_patches_{ps}"].shape[0] for ps in (16, 32, 64))
+    True
+    """
+
+    def __init__(
+        self,
+        num_scales: int,
+        base_patch_size: int,
+        image_size: int | Sequence[int],
+        thresholds: Sequence[float],
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        method: str = "entropy",
+        *,
+        pad_value: float = 1e6,
+        **method_options,
+    ):
+        super().__init__()
+        self.num_scales = check_int("num_scales", num_scales, 1)
+        self.base_patch_size = check_int("base_patch_size", base_patch_size, 1)
+        self.image_size = _pair("image_size", image_size)
+        self.thresholds = check_thresholds(thresholds, num_scales)
+        allowed = scorer_options(method)
+        unknown = sorted(set(method_options) - set(allowed))
+        if unknown:
+            raise TypeError(f"method {method!r} takes options {sorted(allowed)}, got unknown option(s) {unknown}")
+        self.method = method
+        self.method_options = dict(method_options)
+        self.pad_value = float(pad_value)
+        self.patch_sizes = scale_sizes(base_patch_size, num_scales)
+        mean_t, std_t = _channel_stats("mean", mean), _channel_stats("std", std)
+        # The reference undoes the normalisation as a second one, (x - m') / s'; kept for exact token counts.
+        self.register_buffer("unnorm_mean", (-mean_t / std_t).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("unnorm_std", (1.0 / std_t).view(1, -1, 1, 1), persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_scales={self.num_scales}, base_patch_size={self.base_patch_size}, image_size={self.image_size}, "
+            f"thresholds={self.thresholds}, method={self.method!r}"
+        )
+
+    def _check_input(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images, pixel_range=False)
+        height, width = images.shape[-2:]
+        if (height, width) != self.image_size:
+            raise ValueError(
+                f"images have height x width {height} x {width}, but this tokenizer was built for image_size "
+                f"{self.image_size[0]} x {self.image_size[1]}"
+            )
+        if self.unnorm_mean.shape[1] == 3 and images.shape[1] != 3:
+            raise ValueError(f"images must have 3 channels to match mean/std of 3 values, got {images.shape[1]}")
+        return images
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images back to pixels in [0, 255] (float32), the reference's way."""
+        mean = self.unnorm_mean.to(images.device)
+        std = self.unnorm_std.to(images.device)
+        return ((images.float() - mean) / std * 255.0).clamp(0.0, 255.0)
+
+    def compute_importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``{p_s: (B, h_s, w_s)}`` scores of the normalised ``images``."""
+        self._check_input(images)
+        return compute_importance_maps(
+            self.to_pixels(images),
+            self.method,
+            self.base_patch_size,
+            self.num_scales,
+            pad_value=self.pad_value,
+            **self.method_options,
+        )
+
+    def construct_masks(self, importance_maps: dict[int, torch.Tensor]):
+        """Masks per scale, the packed sequence's scale labels and the length of each image's sequence.
+
+        Returns
+        -------
+        masks : dict[int, Tensor]
+            ``{p_s: (B, h_s, w_s)}`` 0/1 float.
+        output_mask : Tensor
+            ``(sum(seqlens),)`` int64: -1 for each image's class token, ``s + 1`` for a token of scale s.
+        seqlens : list[int]
+            Tokens per image, class token included.
+        """
+        masks = select_patches_by_threshold(importance_maps, self.thresholds)
+        counts = torch.stack(list(tokens_per_scale(masks).values()), dim=1)
+        scale_labels = torch.tensor([CLASS_TOKEN, *range(1, self.num_scales + 1)], device=counts.device)
+        per_image = torch.cat([torch.ones_like(counts[:, :1]), counts], dim=1)
+        output_mask = torch.repeat_interleave(scale_labels.repeat(counts.shape[0]), per_image.flatten())
+        seqlens = per_image.sum(1).tolist()
+        return masks, output_mask, seqlens
+
+    def _padded(self, images: torch.Tensor) -> torch.Tensor:
+        largest = self.patch_sizes[-1]
+        height, width = images.shape[-2:]
+        rows, cols = grid_shape(height, width, largest)
+        return F.pad(images, (0, cols * largest - width, 0, rows * largest - height))
+
+    def construct_patch_groups(self, images: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Cut the kept patches of every scale, in (batch, row, column) order.
+
+        Returns ``resized_patches_{p_s}`` ``(N_s, C, p, p)`` (the patch resized
+        by ``0.5**s``, bilinear, no antialias), ``full_patches_{p_s}``
+        ``(N_s, 4**s, C, p, p)`` for s >= 1 (its base patches, row-major),
+        ``pos_embed_mask_{p_s}`` ``(B, h_s * w_s)`` bool and ``token_boxes_{p_s}``
+        ``(N_s, 4)`` int64 rows ``(image, y0, x0, side)`` in pixels.
+
+        Only the kept patches are gathered and resized: bilinear downsampling by
+        ``2**s`` with ``align_corners=False`` reads pixels inside the patch only,
+        so this equals resizing the whole padded image and cutting it.
+        """
+        padded = self._padded(images)
+        base = self.base_patch_size
+        groups = {}
+        for scale, size in enumerate(self.patch_sizes):
+            keep = masks[size].bool()
+            rows, cols = keep.shape[-2:]
+            image_idx, row_idx, col_idx = keep.nonzero(as_tuple=True)
+            grid = rearrange(padded, "b c (h p1) (w p2) -> b h w c p1 p2", p1=size, p2=size)
+            patches = grid[image_idx, row_idx, col_idx]
+            if scale == 0:
+                groups[f"resized_patches_{size}"] = patches
+            else:
+                groups[f"resized_patches_{size}"] = F.interpolate(
+                    patches, size=(base, base), mode="bilinear", align_corners=False
+                )
+                groups[f"full_patches_{size}"] = rearrange(
+                    patches, "n c (n1 p1) (n2 p2) -> n (n1 n2) c p1 p2", p1=base, p2=base
+                )
+            groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
+            groups[f"token_boxes_{size}"] = torch.stack(
+                [image_idx, row_idx * size, col_idx * size, torch.full_like(image_idx, size)], dim=1
+            )
+        return groups
+
+    def forward(self, images: torch.Tensor, importance_maps: dict[int, torch.Tensor] | None = None) -> dict:
+        """Tokenize normalised ``images`` ``(B, C, H, W)``.
+
+        ``importance_maps`` computed beforehand (e.g. in data-loader workers or
+        from a cache) skip the scoring step.
+
+        Returns the patch groups of ``construct_patch_groups`` plus ``masks``
+        (``{p_s: (B, h_s, w_s)}``), ``output_mask``, ``seqlens``, ``cu_seqlens``
+        (int32), ``max_seqlen``, ``retained_frac`` and ``token_boxes``
+        ``(sum(seqlens), 4)`` aligned with ``output_mask`` (class tokens:
+        ``(image, -1, -1, 0)``).
+        """
+        self._check_input(images)
+        if importance_maps is None:
+            importance_maps = self.compute_importance_maps(images)
+        masks, output_mask, seqlens = self.construct_masks(importance_maps)
+        out = self.construct_patch_groups(images, masks)
+        out["masks"] = masks
+        out["output_mask"] = output_mask
+        out["seqlens"] = seqlens
+        seq_tensor = torch.tensor([0] + seqlens, dtype=torch.int64, device=images.device)
+        out["cu_seqlens"] = seq_tensor.cumsum(0).to(torch.int32)
+        out["max_seqlen"] = max(seqlens)
+        height, width = self.image_size
+        out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
+        out["token_boxes"] = self._packed_boxes(out, images.shape[0], images.device)
+        return out
+
+    def _packed_boxes(self, groups: dict, batch: int, device) -> torch.Tensor:
+        class_boxes = torch.tensor([[0, -1, -1, 0]], device=device).repeat(batch, 1)
+        class_boxes[:, 0] = torch.arange(batch, device=device)
+        boxes = [class_boxes] + [groups[f"token_boxes_{size}"] for size in self.patch_sizes]
+        labels = [torch.full((batch,), CLASS_TOKEN, device=device)] + [
+            torch.full((b.shape[0],), scale + 1, device=device) for scale, b in enumerate(boxes[1:])
+        ]
+        boxes, labels = torch.cat(boxes), torch.cat(labels)
+        order = torch.argsort(boxes[:, 0] * (self.num_scales + 2) + labels + 1, stable=True)
+        return boxes[order]

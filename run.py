@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Set-up and the project's commands, on a machine with only Python 3 and pip.
+
+    python3 run.py main     # the default ablation sweep on the bundled images: report and figures
+    python3 run.py test     # the test suite (what CI runs)
+    python3 run.py bench    # the benchmark suite (benchmarks/)
+    python3 run.py lab      # JupyterLab on notebooks/ with the project's environment
+
+Each creates (or reuses) the virtual environment ``.venv`` and installs what it
+needs: torch 2.13.0 (CPU build) pinned, the package in editable mode with its
+test extras. Installation is skipped while ``pyproject.toml`` is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+STAMP = ROOT / ".stamp-install"
+TORCH = "torch==2.13.0"
+
+
+def ensure_environment() -> None:
+    if not PYTHON.exists():
+        print(f"creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    print("installing dependencies into .venv (first run only)", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + [TORCH], check=True)
+    subprocess.run(pip + [TORCH, "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([str(PYTHON), "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], check=True,
+                   stdout=subprocess.DEVNULL)
+    STAMP.write_text(wanted)
+
+
+def run(*args: str) -> int:
+    return subprocess.call([str(PYTHON), *args], cwd=ROOT)
+
+
+def main(argv: list[str]) -> int:
+    commands = ("main", "test", "bench", "lab")
+    if not argv or argv[0] not in commands:
+        print(__doc__)
+        return 2
+    ensure_environment()
+    command, rest = argv[0], argv[1:]
+    if command == "test":
+        return run("-m", "pytest", *rest)
+    if command == "bench":
+        return run("benchmarks/run.py", *rest)
+    if command == "lab":
+        return run("-m", "jupyterlab", "notebooks", *rest)
+    return run("-m", "apt_research.cli", "sweep", "ablations/default.yaml", "--resume", *rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,111 @@
+"""Entropy maps against the per-patch torch.histc reference (spec section 1)."""
+
+import numpy as np
+import pytest
+import torch
+
+from apt_research import compute_patch_entropy_batched, patch_histograms
+from apt_research.entropy import bin_indices
+
+import reference
+from conftest import BACKENDS, skimage_batch
+
+SIZES = [(224, 224), (336, 336), (230, 333), (61, 97), (1000, 872)]
+
+
+def _check(images, patch_size, num_scales, bins, backend):
+    expected = reference.entropy_maps(images, patch_size, num_scales, bins)
+    got = compute_patch_entropy_batched(images, patch_size, num_scales, bins, backend=backend)
+    assert sorted(got) == sorted(expected)
+    worst = 0.0
+    for size in expected:
+        assert got[size].shape == expected[size].shape
+        assert got[size].dtype == torch.float32
+        worst = max(worst, float((got[size] - expected[size]).abs().max()))
+    assert worst <= 1e-5, f"largest entropy difference {worst} bits"
+    return worst
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("height,width", SIZES)
+def test_real_images_match_histc_reference(backend, height, width):
+    images = skimage_batch(height, width, names=("astronaut", "camera") if height > 500 else ("astronaut", "camera", "coffee", "chelsea"))
+    for patch_size, num_scales, bins in [(16, 3, 512), (14, 4, 256), (16, 1, 64), (14, 2, 512)]:
+        _check(images, patch_size, num_scales, bins, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_random_images_match_histc_reference(backend, seed):
+    generator = torch.Generator().manual_seed(seed)
+    height, width = torch.randint(5, 160, (2,), generator=generator).tolist()
+    channels = [1, 3][seed % 2]
+    images = torch.rand(2, channels, height, width, generator=generator) * 255
+    for patch_size, num_scales, bins in [(16, 3, 512), (14, 2, 64), (16, 4, 256)]:
+        _check(images, patch_size, num_scales, bins, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint8_equals_float(backend):
+    images = skimage_batch(100, 130)
+    pixels = images.round().to(torch.uint8)
+    got = compute_patch_entropy_batched(pixels, 16, 3, 512, backend=backend)
+    expected = reference.entropy_maps(pixels.float(), 16, 3, 512)
+    for size in expected:
+        assert float((got[size] - expected[size]).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("patch_size,bins", [(16, 512), (14, 256), (16, 64), (7, 1024)])
+def test_histograms_equal_histc(backend, patch_size, bins):
+    images = torch.cat([skimage_batch(61, 97), torch.rand(1, 3, 61, 97) * 255])
+    expected = reference.histc_histograms(images, patch_size, bins)
+    got = patch_histograms(images, patch_size, bins, backend=backend)
+    assert torch.equal(got.long(), expected.long())
+
+
+def test_binning_equals_histc_on_every_uint8_rgb_gray_value():
+    # All 2**24 RGB triples through the grayscale formula, then the bins, against torch.histc one value at a time
+    # is too slow; instead histc of the whole set must equal the bincount of our bins.
+    levels = torch.arange(256, dtype=torch.float32)
+    red, green, blue = torch.meshgrid(levels, levels, levels, indexing="ij")
+    gray = red.flatten() * 0.2989 + green.flatten() * 0.5870 + blue.flatten() * 0.1140
+    for bins in (64, 256, 512, 1024):
+        ours = torch.bincount(bin_indices(gray, bins), minlength=bins)
+        assert torch.equal(ours.float(), torch.histc(gray, bins=bins, min=0, max=255))
+
+
+def test_numba_bins_equal_torch_bins_on_every_uint8_rgb_triple():
+    levels = torch.arange(256, dtype=torch.uint8)
+    red, green, blue = torch.meshgrid(levels, levels, levels, indexing="ij")
+    image = torch.stack([red, green, blue]).reshape(1, 3, 4096, 4096)
+    for bins in (256, 512):
+        fast = patch_histograms(image, 4096, bins, backend="numba")
+        plain = patch_histograms(image, 4096, bins, backend="torch")
+        assert torch.equal(fast.long(), plain)
+
+
+def test_flat_is_zero_noise_is_near_maximum():
+    flat = torch.full((1, 3, 64, 64), 128.0)
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    maps_flat = compute_patch_entropy_batched(flat, 16, 3, 512)
+    maps_noise = compute_patch_entropy_batched(noise, 16, 3, 512)
+    assert float(maps_flat[16].abs().max()) < 1e-6
+    # 256 pixels in 512 bins: at most log2(256) = 8 bits; 4096 pixels: at most log2(512) = 9 bits.
+    assert 7.0 < float(maps_noise[16].mean()) <= 8.0 + 1e-5
+    assert 8.5 < float(maps_noise[64].mean()) <= 9.0 + 1e-5
+
+
+def test_border_rule_sets_pad_value_on_padded_rows_and_columns():
+    images = torch.rand(1, 3, 40, 70) * 255
+    maps = compute_patch_entropy_batched(images, 16, 2, 64, pad_value=123.0)
+    assert maps[16].shape == (1, 3, 5)
+    assert torch.all(maps[16][:, -1, :] == 123.0) and torch.all(maps[16][:, :, -1] == 123.0)
+    assert torch.all(maps[16][:, :-1, :-1] < 123.0)
+    exact = compute_patch_entropy_batched(images[..., :32, :64], 16, 2, 64, pad_value=123.0)
+    assert torch.all(exact[32] < 123.0)
+
+
+def test_image_smaller_than_one_patch_is_one_padded_patch():
+    maps = compute_patch_entropy_batched(torch.full((1, 1, 5, 3), 200.0), 16, 2, 512)
+    assert maps[16].shape == (1, 1, 1) and maps[32].shape == (1, 1, 1)

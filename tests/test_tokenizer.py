@@ -1,0 +1,142 @@
+"""PatchTokenizer: patch groups against the reference's grouping, packing properties (spec section 4)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apt_research import PatchTokenizer, compute_patch_entropy_batched, select_patches_by_threshold
+
+import reference
+from conftest import skimage_batch
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def normalise(pixels):
+    return (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("height,width,base,scales,thresholds", [
+    (224, 224, 16, 3, [5.75, 4.0]),
+    (336, 336, 14, 3, [6.0, 6.0]),
+    (230, 333, 16, 2, [5.5]),
+    (61, 97, 14, 4, [6.0, 5.0, 4.0]),
+])
+def test_groups_equal_reference_grouping(height, width, base, scales, thresholds):
+    images = normalise(skimage_batch(height, width))
+    tokenizer = PatchTokenizer(scales, base, (height, width), thresholds, MEAN, STD)
+    out = tokenizer(images)
+    expected = reference.patch_groups(images, out["masks"], base)
+    for key, value in expected.items():
+        assert out[key].shape == value.shape, key
+        assert torch.allclose(out[key], value, atol=1e-6, rtol=0), key
+    assert sum(out[f"resized_patches_{ps}"].shape[0] for ps in tokenizer.patch_sizes) > 0
+
+
+def test_maps_undo_normalisation_the_reference_way():
+    pixels = skimage_batch(224, 224)
+    images = normalise(pixels)
+    tokenizer = PatchTokenizer(3, 16, 224, [5.75, 4.0], MEAN, STD)
+    maps = tokenizer.compute_importance_maps(images)
+    mean_r = -torch.tensor(MEAN) / torch.tensor(STD)
+    std_r = 1.0 / torch.tensor(STD)
+    restored = ((images - mean_r.view(1, 3, 1, 1)) / std_r.view(1, 3, 1, 1) * 255).clamp(0, 255)
+    expected = reference.entropy_maps(restored, 16, 3, 512)
+    for size in expected:
+        assert float((maps[size] - expected[size]).abs().max()) <= 1e-5
+
+
+def _check_packing(out, tokenizer, batch):
+    masks = out["masks"]
+    seqlens = out["seqlens"]
+    assert len(seqlens) == batch
+    counts = [1 + sum(int(masks[ps][b].sum()) for ps in tokenizer.patch_sizes) for b in range(batch)]
+    assert seqlens == counts
+    assert out["cu_seqlens"].dtype == torch.int32
+    assert out["cu_seqlens"].tolist() == [0] + torch.tensor(seqlens).cumsum(0).tolist()
+    assert out["max_seqlen"] == max(seqlens)
+    labels = out["output_mask"]
+    boxes = out["token_boxes"]
+    assert labels.shape[0] == boxes.shape[0] == sum(seqlens)
+    start = 0
+    for b, length in enumerate(seqlens):
+        seq = labels[start : start + length]
+        assert seq[0] == -1 and torch.all(seq[1:] >= 1)
+        assert torch.all(seq[1:].diff() >= 0), "scale 0 tokens first, then scale 1, ..."
+        assert torch.all(boxes[start : start + length, 0] == b)
+        for scale, ps in enumerate(tokenizer.patch_sizes):
+            kept = masks[ps][b].nonzero()
+            sel = boxes[start : start + length][seq == scale + 1]
+            assert torch.equal(sel[:, 1], kept[:, 0] * ps) and torch.equal(sel[:, 2], kept[:, 1] * ps)
+            assert torch.all(sel[:, 3] == ps)
+            assert out[f"pos_embed_mask_{ps}"][b].sum() == kept.shape[0]
+        start += length
+    height, width = tokenizer.image_size
+    assert out["retained_frac"] == pytest.approx(sum(seqlens) / (batch * height * width / tokenizer.base_patch_size**2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(1, 130),
+    width=st.integers(1, 130),
+    batch=st.integers(1, 3),
+    num_scales=st.integers(1, 3),
+    data=st.data(),
+)
+def test_packing_and_boxes_agree_with_masks(height, width, batch, num_scales, data):
+    thresholds = data.draw(st.lists(st.floats(0, 9), min_size=num_scales - 1, max_size=num_scales - 1))
+    pixels = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(height + width)) * 255
+    pixels[:, :, : height // 2] = 60.0
+    tokenizer = PatchTokenizer(num_scales, 8, (height, width), thresholds, MEAN, STD)
+    out = tokenizer(normalise(pixels))
+    _check_packing(out, tokenizer, batch)
+
+
+@settings(max_examples=20, deadline=None)
+@given(height=st.integers(8, 120), width=st.integers(8, 120), data=st.data())
+def test_full_patches_tile_their_large_patch(height, width, data):
+    pixels = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height * 7 + width)) * 255
+    pixels[:, :, : height * 3 // 4] = 200.0
+    images = normalise(pixels)
+    tokenizer = PatchTokenizer(3, 8, (height, width), [data.draw(st.floats(0, 9)), data.draw(st.floats(0, 9))], MEAN, STD)
+    out = tokenizer(images)
+    padded = torch.nn.functional.pad(images, (0, 32 * -(-width // 32) - width, 0, 32 * -(-height // 32) - height))
+    for scale, ps in enumerate(tokenizer.patch_sizes[1:], start=1):
+        full = out[f"full_patches_{ps}"]
+        n = 2**scale
+        for token, (b, y0, x0, side) in enumerate(out[f"token_boxes_{ps}"].tolist()):
+            region = padded[b, :, y0 : y0 + side, x0 : x0 + side]
+            tiles = full[token].view(n, n, 3, 8, 8).permute(2, 0, 3, 1, 4).reshape(3, side, side)
+            assert torch.equal(tiles, region)
+
+
+def test_forward_accepts_precomputed_maps_and_uint8_free_of_bins():
+    images = normalise(skimage_batch(96, 128))
+    tokenizer = PatchTokenizer(2, 16, (96, 128), [5.0], MEAN, STD, bins=256)
+    maps = tokenizer.compute_importance_maps(images)
+    a, b = tokenizer(images), tokenizer(images, importance_maps=maps)
+    assert a["seqlens"] == b["seqlens"]
+    assert torch.equal(a["output_mask"], b["output_mask"])
+
+
+@pytest.mark.parametrize("method,options", [("laplacian", {"aggregate": "std"}), ("upsample_mse", {}), ("entropy", {"bins": 64})])
+def test_every_scorer_gives_exact_cover(method, options):
+    images = normalise(skimage_batch(100, 150))
+    probe = PatchTokenizer(2, 16, (100, 150), [0.0], MEAN, STD, method=method, **options)
+    scores = probe.compute_importance_maps(images)[32][:, :-1, :-1]
+    median = float(scores.median())
+    tokenizer = PatchTokenizer(2, 16, (100, 150), [median], MEAN, STD, method=method, **options)
+    out = tokenizer(images)
+    _check_packing(out, tokenizer, 4)
+    masks = out["masks"]
+    cover = masks[16] + masks[32].repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :7, :10]
+    assert torch.all(cover == 1)
+    assert masks[32].sum() > 0, "flat regions of real images should give some large patches"
+
+
+def test_single_channel_images():
+    images = (skimage_batch(64, 64)[:, :1] / 255 - 0.5) / 0.25
+    tokenizer = PatchTokenizer(2, 16, 64, [5.0], [0.5], [0.25])
+    out = tokenizer(images)
+    assert out["resized_patches_16"].shape[1:] == (1, 16, 16)
