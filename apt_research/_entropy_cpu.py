@@ -39,8 +39,17 @@ def _pixel_bin(images, b, y, x, bins_f, last_bin):
     return min(index, last_bin)
 
 
+@njit(cache=True, inline="always")
+def _channel(value, shift, scale, denormalize):
+    """A pixel value in [0, 255]: as stored, or ``clamp((x - shift) / scale * 255, 0, 255)`` in float32."""
+    if denormalize:
+        pixel = (np.float32(value) - shift) / scale * _MAX_PIXEL
+        return min(max(pixel, np.float32(0.0)), _MAX_PIXEL)
+    return np.float32(value)
+
+
 @njit(cache=True)
-def _band_bins(images, b, y0, rows, bins, band):
+def _band_bins(images, b, y0, rows, bins, shifts, scales, denormalize, band):
     """Bins of the pixels of rows ``y0 .. y0 + rows`` of image b into ``band`` (rows x padded width); padding is 0."""
     _, channels, height, width = images.shape
     bins_f = np.float32(bins)
@@ -52,17 +61,27 @@ def _band_bins(images, b, y0, rows, bins, band):
         if channels == 3:
             red, green, blue = images[b, 0, y], images[b, 1, y], images[b, 2, y]
             for x in range(width):
-                gray = np.float32(red[x]) * _R + np.float32(green[x]) * _G + np.float32(blue[x]) * _B
+                gray = (
+                    _channel(red[x], shifts[0], scales[0], denormalize) * _R
+                    + _channel(green[x], shifts[1], scales[1], denormalize) * _G
+                    + _channel(blue[x], shifts[2], scales[2], denormalize) * _B
+                )
                 out_row[x] = min(int(gray * bins_f / _MAX_PIXEL), last_bin)
         else:
             gray_row = images[b, 0, y]
             for x in range(width):
-                out_row[x] = min(int(np.float32(gray_row[x]) * bins_f / _MAX_PIXEL), last_bin)
+                gray = _channel(gray_row[x], shifts[0], scales[0], denormalize)
+                out_row[x] = min(int(gray * bins_f / _MAX_PIXEL), last_bin)
 
 
 @njit(cache=True, parallel=True)
-def entropy_maps_kernel(images, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, out):
+def entropy_maps_kernel(
+    images, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, shifts, scales, denormalize, out
+):
     """Fill ``out`` (flat float32) with the entropy maps of every scale.
+
+    With ``denormalize`` the images are normalised and each channel c is first
+    mapped back to pixels as ``clamp((x - shifts[c]) / scales[c] * 255, 0, 255)``.
 
     ``rows[s]``, ``cols[s]``: grid of scale s; ``offsets[s]``: where scale s
     starts in ``out`` (laid out as (B, rows[s], cols[s])); ``tables``: for each
@@ -78,7 +97,7 @@ def entropy_maps_kernel(images, bins, base, num_scales, rows, cols, offsets, tab
         band = np.empty((coarsest, padded_width), dtype=np.int32)
         hist = np.zeros(bins, dtype=np.int32)
         touched = np.empty(min(bins, coarsest * coarsest) + 1, dtype=np.int32)
-        _band_bins(images, b, band_row * coarsest, coarsest, bins, band)
+        _band_bins(images, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band)
         for scale in range(num_scales):
             size = base << scale
             per_band = coarsest // size
@@ -129,4 +148,25 @@ def histograms_kernel(images, bins, size, rows, cols, out):
                         out[b, i, j, _pixel_bin(images, b, y, x, bins_f, bins - 1)] += 1
                     else:
                         out[b, i, j, 0] += 1
+    return out
+
+
+@njit(cache=True, parallel=True)
+def gather_patches_kernel(images, image_idx, row_idx, col_idx, size, out):
+    """Copy patch n (image ``image_idx[n]``, grid cell ``row_idx[n], col_idx[n]`` of side ``size``) into
+    ``out[n]`` ``(C, size, size)``; the parts outside the image are zero (the zero padding)."""
+    _, channels, height, width = images.shape
+    for n in prange(image_idx.shape[0]):
+        b = image_idx[n]
+        y0 = row_idx[n] * size
+        x0 = col_idx[n] * size
+        inside = min(x0 + size, width) - x0
+        for c in range(channels):
+            for dy in range(size):
+                y = y0 + dy
+                if y < height:
+                    out[n, c, dy, :inside] = images[b, c, y, x0 : x0 + inside]
+                    out[n, c, dy, inside:] = 0
+                else:
+                    out[n, c, dy, :] = 0
     return out

@@ -9,7 +9,7 @@ from einops import rearrange
 
 from ._validation import check_images, check_int
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "triton", "torch")
 
 
 def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -83,6 +83,17 @@ def patch_histograms(images: torch.Tensor, patch_size: int, bins: int, *, backen
     return counts.view(batch, rows, cols, bins)
 
 
+def denormalize_pixels(images: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Normalised images back to pixels: ``clamp((x - shift) / scale * 255, 0, 255)`` in float32, per channel.
+
+    With ``shift = -mean / std`` and ``scale = 1 / std`` this undoes a ViT's
+    normalisation the way the reference does (a second normalisation).
+    """
+    shift = shift.to(images.device, torch.float32).view(1, -1, 1, 1)
+    scale = scale.to(images.device, torch.float32).view(1, -1, 1, 1)
+    return ((images.float() - shift) / scale * 255.0).clamp(0.0, 255.0)
+
+
 def _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value):
     height, width = images.shape[-2:]
     maps = {}
@@ -103,7 +114,7 @@ def _entropy_tables(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)
 
 
-def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value):
+def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None):
     from ._entropy_cpu import entropy_maps_kernel
 
     if images.dtype not in (torch.uint8, torch.float32):
@@ -118,14 +129,28 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value):
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     tables, table_offsets = _entropy_tables(sizes)
     out = np.empty(int(counts.sum()), dtype=np.float32)
+    if denormalize is None:
+        shift = scale = np.zeros(3, dtype=np.float32)
+    else:
+        shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
     entropy_maps_kernel(
-        pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value), out
+        pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
+        shift, scale, denormalize is not None, out,
     )
     flat = torch.from_numpy(out)
     return {
         size: flat[offsets[s] : offsets[s] + counts[s]].view(batch, int(rows[s]), int(cols[s]))
         for s, size in enumerate(sizes)
     }
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernel can be used (triton importable; it ships with CUDA builds of torch)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def numba_available() -> bool:
@@ -145,6 +170,7 @@ def compute_patch_entropy_batched(
     pad_value: float = 1e6,
     *,
     backend: str = "auto",
+    denormalize: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Shannon entropy of every patch at every scale.
 
@@ -161,10 +187,16 @@ def compute_patch_entropy_batched(
     pad_value : float
         Value of the last row (column) of a scale whose grid sticks out of the
         image, so that no padded patch is ever kept as a large patch.
-    backend : {"auto", "numba", "torch"}
-        ``"numba"``: the fused CPU kernel (CPU tensors only). ``"torch"``: plain
-        torch ops (one ``bincount`` per scale), on any device. ``"auto"``: numba
-        for CPU tensors when installed, torch otherwise.
+    backend : {"auto", "numba", "triton", "torch"}
+        ``"numba"``: the fused CPU kernel (CPU tensors only). ``"triton"``: the
+        fused CUDA kernel (CUDA tensors). ``"torch"``: plain torch ops (one
+        ``bincount`` per scale), on any device, kept as fallback and cross-check.
+        ``"auto"``: numba on CPU, triton on CUDA when installed, torch otherwise.
+    denormalize : (Tensor, Tensor), optional
+        ``(shift, scale)`` per channel: the images are normalised, and pixels
+        are ``clamp((x - shift) / scale * 255, 0, 255)`` (see
+        ``denormalize_pixels``). The fused kernels do this on the fly instead of
+        writing a pixel copy of the batch.
 
     Returns
     -------
@@ -191,16 +223,25 @@ def compute_patch_entropy_batched(
     >>> bool((maps[16] >= 0).all() and (maps[16] <= 8).all())
     True
     """
-    check_images(images)
+    check_images(images, pixel_range=denormalize is None)
     check_int("patch_size", patch_size, 1)
     check_int("num_scales", num_scales, 1)
     check_int("bins", bins, 2)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "numba" if images.device.type == "cpu" and numba_available() else "torch"
+        if images.device.type == "cpu":
+            backend = "numba" if numba_available() else "torch"
+        else:
+            backend = "triton" if images.device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        from ._entropy_cuda import entropy_maps_triton
+
+        return entropy_maps_triton(images, patch_size, num_scales, bins, pad_value, denormalize)
     if backend == "numba":
         if images.device.type != "cpu":
             raise ValueError(f"backend 'numba' needs CPU tensors, got images on {images.device}")
-        return _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value)
+        return _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize)
+    if denormalize is not None:
+        images = denormalize_pixels(images, *denormalize)
     return _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value)

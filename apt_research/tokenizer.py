@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from ._validation import check_images, check_int, check_thresholds
-from .entropy import grid_shape, scale_sizes
+from .entropy import compute_patch_entropy_batched, denormalize_pixels, grid_shape, numba_available, scale_sizes
 from .scorers import compute_importance_maps, scorer_options
 from .selection import select_patches_by_threshold, tokens_per_scale
 
@@ -32,6 +32,27 @@ def _channel_stats(name: str, value) -> torch.Tensor:
     if name == "std" and bool((tensor <= 0).any()):
         raise ValueError(f"std must be positive, got {value!r}")
     return tensor
+
+
+def _gather_patches(images, image_idx, row_idx, col_idx, size: int, largest: int) -> torch.Tensor:
+    """The ``size x size`` patches at the given grid cells, ``(N, C, size, size)``, zero beyond the image.
+
+    CPU float32: a numba kernel copies only the kept patches. Elsewhere: zero-pad
+    to a multiple of the largest patch, view the grid, index.
+    """
+    if images.device.type == "cpu" and images.dtype == torch.float32 and numba_available():
+        from ._entropy_cpu import gather_patches_kernel
+
+        out = torch.empty(image_idx.shape[0], images.shape[1], size, size)
+        gather_patches_kernel(
+            images.contiguous().numpy(), image_idx.numpy(), row_idx.numpy(), col_idx.numpy(), size, out.numpy()
+        )
+        return out
+    height, width = images.shape[-2:]
+    rows, cols = grid_shape(height, width, largest)
+    padded = F.pad(images, (0, cols * largest - width, 0, rows * largest - height))
+    grid = rearrange(padded, "b c (h p1) (w p2) -> b h w c p1 p2", p1=size, p2=size)
+    return grid[image_idx, row_idx, col_idx]
 
 
 class PatchTokenizer(nn.Module):
@@ -122,13 +143,27 @@ class PatchTokenizer(nn.Module):
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images back to pixels in [0, 255] (float32), the reference's way."""
-        mean = self.unnorm_mean.to(images.device)
-        std = self.unnorm_std.to(images.device)
-        return ((images.float() - mean) / std * 255.0).clamp(0.0, 255.0)
+        return denormalize_pixels(images, self.unnorm_mean, self.unnorm_std)
 
     def compute_importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        """``{p_s: (B, h_s, w_s)}`` scores of the normalised ``images``."""
+        """``{p_s: (B, h_s, w_s)}`` scores of the normalised ``images``.
+
+        For entropy the fused kernels undo the normalisation on the fly; other
+        scorers get a pixel copy from ``to_pixels``.
+        """
         self._check_input(images)
+        return self._importance_maps(images)
+
+    def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        if self.method == "entropy":
+            return compute_patch_entropy_batched(
+                images,
+                self.base_patch_size,
+                self.num_scales,
+                pad_value=self.pad_value,
+                denormalize=(self.unnorm_mean, self.unnorm_std),
+                **self.method_options,
+            )
         return compute_importance_maps(
             self.to_pixels(images),
             self.method,
@@ -158,12 +193,6 @@ class PatchTokenizer(nn.Module):
         seqlens = per_image.sum(1).tolist()
         return masks, output_mask, seqlens
 
-    def _padded(self, images: torch.Tensor) -> torch.Tensor:
-        largest = self.patch_sizes[-1]
-        height, width = images.shape[-2:]
-        rows, cols = grid_shape(height, width, largest)
-        return F.pad(images, (0, cols * largest - width, 0, rows * largest - height))
-
     def construct_patch_groups(self, images: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cut the kept patches of every scale, in (batch, row, column) order.
 
@@ -177,15 +206,12 @@ class PatchTokenizer(nn.Module):
         ``2**s`` with ``align_corners=False`` reads pixels inside the patch only,
         so this equals resizing the whole padded image and cutting it.
         """
-        padded = self._padded(images)
         base = self.base_patch_size
         groups = {}
         for scale, size in enumerate(self.patch_sizes):
             keep = masks[size].bool()
-            rows, cols = keep.shape[-2:]
             image_idx, row_idx, col_idx = keep.nonzero(as_tuple=True)
-            grid = rearrange(padded, "b c (h p1) (w p2) -> b h w c p1 p2", p1=size, p2=size)
-            patches = grid[image_idx, row_idx, col_idx]
+            patches = _gather_patches(images, image_idx, row_idx, col_idx, size, self.patch_sizes[-1])
             if scale == 0:
                 groups[f"resized_patches_{size}"] = patches
             else:
@@ -215,7 +241,7 @@ class PatchTokenizer(nn.Module):
         """
         self._check_input(images)
         if importance_maps is None:
-            importance_maps = self.compute_importance_maps(images)
+            importance_maps = self._importance_maps(images)
         masks, output_mask, seqlens = self.construct_masks(importance_maps)
         out = self.construct_patch_groups(images, masks)
         out["masks"] = masks

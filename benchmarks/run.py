@@ -1,0 +1,315 @@
+"""Benchmark suite: our tokenizer against the baselines it carries, measured in one process.
+
+    python3 run.py bench                       # everything this machine can run
+    python3 run.py bench --sections entropy    # one section (entropy, tokenizer, scaling, cache, vit, cuda)
+    python3 run.py bench --out benchmarks/RESULTS-cpu.md
+
+Prints markdown tables and writes them (and the raw figures as JSON) where
+``--out`` says. Ratios compare implementations timed in the same process on
+the same inputs; absolute times only describe the machine they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import baselines  # noqa: E402
+
+from apt_research import PatchTokenizer, compute_patch_entropy_batched  # noqa: E402
+from apt_research.datasets import iter_images, skimage_dataset  # noqa: E402
+
+ONE_HOT_LIMIT = 4 * 2**30
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def real_batch(size: int, batch: int, device="cpu") -> torch.Tensor:
+    """``batch`` bundled scikit-image images resized to ``size x size`` (cycled), pixels in [0, 255]."""
+    images = [pixels for pixels, _ in iter_images(skimage_dataset(), "center_crop", size, progress=False)]
+    stacked = torch.stack([images[i % len(images)] for i in range(batch)])
+    return stacked.to(device)
+
+
+def timed(function, *args, repeats=3, device="cpu"):
+    """Best wall time of ``repeats`` calls (after one warm-up), and the last result."""
+    result = function(*args)
+    best = float("inf")
+    for _ in range(repeats):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = function(*args)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def max_diff(ours: dict, theirs: dict) -> float:
+    return max(float((ours[k].cpu()[: theirs[k].shape[0]] - theirs[k].cpu()).abs().max()) for k in theirs)
+
+
+def peak_extra_bytes(size: int, batch: int, scales: int, bins: int) -> int | None:
+    """Peak resident memory our entropy call adds on top of its input, measured in a fresh process (Linux)."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    code = (
+        "import sys, torch, numpy as np; sys.path.insert(0, %r); import run;"
+        "from apt_research import compute_patch_entropy_batched as f;"
+        "x = run.real_batch(%d, %d); f(x[:1], 16, %d, %d);"
+        "import gc; gc.collect();"
+        "rss = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1]) * 1024;"
+        "open('/proc/self/clear_refs', 'w').write('5'); before = rss('VmRSS');"
+        "f(x, 16, %d, %d); print(rss('VmHWM') - before)"
+    ) % (str(HERE), size, batch, scales, bins, scales, bins)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    try:
+        return int(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+ENTROPY_ROWS = [
+    (224, 64, 3, 512), (224, 8, 3, 512), (224, 64, 2, 512), (224, 64, 4, 512), (224, 64, 3, 256), (224, 64, 3, 1024),
+    (336, 32, 3, 512), (448, 16, 3, 512), (1024, 8, 3, 256), (1024, 8, 3, 512), (1024, 8, 3, 1024),
+]
+
+
+def entropy_section(results: dict, rows=ENTROPY_ROWS) -> str:
+    lines = [
+        "| resolution | batch | scales | bins | ours ms/img | ours img/s | (a) histc loop ms/img | vs (a) "
+        "| (b) one-hot ms/img | vs (b) | peak extra memory | agree with (a) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    records = []
+    for size, batch, scales, bins in rows:
+        images = real_batch(size, batch)
+        ours_s, ours = timed(compute_patch_entropy_batched, images, 16, scales, bins)
+        subset = images[: max(1, min(batch, 4 if size < 1024 else 2))]
+        ref_s, ref = timed(baselines.histc_loop_maps, subset, 16, scales, bins, repeats=1)
+        ours_ms, ref_ms = 1000 * ours_s / batch, 1000 * ref_s / subset.shape[0]
+        need = baselines.one_hot_bytes(images, 16, scales, bins)
+        if need <= ONE_HOT_LIMIT:
+            hot_s, hot = timed(baselines.one_hot_maps, images, 16, scales, bins, repeats=1)
+            hot_ms = 1000 * hot_s / batch
+            hot_cells = (f"{hot_ms:.2f}", f"{hot_ms / ours_ms:.0f}x")
+            assert max_diff(ours, hot) <= 1e-5
+        else:
+            hot_ms, hot_cells = None, (f"skipped (needs {need / 2**30:.1f} GB > 4 GB)", "-")
+        peak = peak_extra_bytes(size, batch, scales, bins)
+        input_bytes = images.numel() * images.element_size()
+        peak_cell = "n/a" if peak is None else f"{peak / 2**20:.1f} MB ({peak / input_bytes:.2f}x input)"
+        diff = max_diff(ours, ref)
+        lines.append(
+            f"| {size} | {batch} | {scales} | {bins} | {ours_ms:.3f} | {1000 / ours_ms:.0f} | {ref_ms:.2f} "
+            f"| {ref_ms / ours_ms:.1f}x | {hot_cells[0]} | {hot_cells[1]} | {peak_cell} "
+            f"| {'yes' if diff <= 1e-5 else 'NO'} (max {diff:.1e} bits) |"
+        )
+        records.append(dict(size=size, batch=batch, scales=scales, bins=bins, ours_ms=ours_ms, histc_ms=ref_ms,
+                            one_hot_ms=hot_ms, peak_extra_bytes=peak, input_bytes=input_bytes, max_diff=diff))
+        print(lines[-1], flush=True)
+        del images
+        gc.collect()
+    results["entropy"] = records
+    return "\n".join(lines)
+
+
+def tokenizer_section(results: dict, size=224, batch=64) -> str:
+    pixels = real_batch(size, batch)
+    images = (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    tokenizer = PatchTokenizer(3, 16, size, [5.75, 4.0], MEAN, STD)
+    ours_s, ours = timed(tokenizer, images)
+    subset = images[:8]
+    ref_s, ref = timed(baselines.reference_tokenizer, tokenizer, subset, repeats=1)
+    maps = tokenizer.compute_importance_maps(images)
+    masks_s, _ = timed(tokenizer.construct_masks, maps)
+    groups_s, _ = timed(tokenizer.construct_patch_groups, images, tokenizer.construct_masks(maps)[0])
+    same = ours["cu_seqlens"][: subset.shape[0] + 1].tolist() == ref["cu_seqlens"].tolist()
+    ours_ms, ref_ms = 1000 * ours_s / batch, 1000 * ref_s / subset.shape[0]
+    results["tokenizer"] = dict(size=size, batch=batch, ours_ms=ours_ms, reference_ms=ref_ms,
+                                masks_ms=1000 * masks_s / batch, groups_ms=1000 * groups_s / batch, same=same)
+    return "\n".join([
+        "| step (224x224, batch 64, 3 scales, 512 bins, thresholds [5.75, 4.0]) | ms/img |",
+        "|---|---|",
+        f"| ours: whole `PatchTokenizer.forward` | {ours_ms:.3f} |",
+        f"| ours: selection + packing (`construct_masks`) | {1000 * masks_s / batch:.3f} |",
+        f"| ours: grouping (`construct_patch_groups`) | {1000 * groups_s / batch:.3f} |",
+        f"| reference pipeline: (a) maps, selection, rearrange + boolean-mask grouping | {ref_ms:.2f} |",
+        f"| **ratio** | **{ref_ms / ours_ms:.1f}x** (same sequences: {'yes' if same else 'NO'}) |",
+    ])
+
+
+def scaling_section(results: dict) -> str:
+    rows = {(r["size"], r["bins"]): r["ours_ms"] for r in results.get("entropy", []) if r["scales"] == 3}
+    if not all(k in rows for k in [(224, 256), (224, 1024), (1024, 512), (224, 512)]):
+        return "(needs the entropy section)"
+    per_pixel_224 = rows[(224, 512)] / 224**2
+    per_pixel_1024 = rows[(1024, 512)] / 1024**2
+    checks = {
+        "time(1024 bins) / time(256 bins) at 224": rows[(224, 1024)] / rows[(224, 256)],
+        "time(1024 bins) / time(256 bins) at 1024": rows.get((1024, 1024), float("nan")) / rows[(1024, 256)],
+        "time per pixel at 1024 / at 224": per_pixel_1024 / per_pixel_224,
+    }
+    results["scaling"] = checks
+    lines = ["| check (target <= 1.5) | measured |", "|---|---|"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in checks.items()]
+    peaks = [r["peak_extra_bytes"] / r["input_bytes"] for r in results["entropy"] if r["peak_extra_bytes"]]
+    if peaks:
+        lines.append(f"| largest peak extra memory / input size (target <= 4) | {max(peaks):.2f} |")
+    return "\n".join(lines)
+
+
+def cache_section(results: dict) -> str:
+    from apt_research.sweep.runner import measure_threshold_point_cost
+
+    figures = measure_threshold_point_cost()
+    results["cache"] = figures
+    return "\n".join([
+        "| sweep run (bundled images, 224, 3 scales, 512 bins) | seconds |",
+        "|---|---|",
+        f"| cold point (load, resize, maps, selection, records) | {figures['cold_s']:.2f} |",
+        f"| each extra threshold point (cached maps) | {figures['extra_point_s']:.3f} |",
+        f"| **extra point / cold point** (target <= 0.05) | **{figures['ratio']:.3f}** |",
+    ])
+
+
+def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8, device="cpu", dtype=torch.float32,
+                repeats=2) -> str:
+    from apt_research.costmodel import predicted_speedup
+    from apt_research.vit import ViTEncoder
+
+    lines = [
+        f"| model | resolution | batch | retention | measured speedup (packed APT vs uniform) | cost model | img/s uniform | img/s APT |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    records = []
+    for size in sizes:
+        pixels = real_batch(size, batch, device)
+        images = (pixels / 255 - torch.tensor(MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(STD, device=device).view(1, 3, 1, 1)
+        tokenizer = PatchTokenizer(3, 16, size, [5.75, 4.0], MEAN, STD).to(device)
+        out = tokenizer(images)
+        seqlens = out["seqlens"]
+        uniform_tokens = 1 + (size // 16) ** 2
+        retention = (sum(seqlens) - batch) / (batch * (uniform_tokens - 1))
+        for model in models:
+            encoder = ViTEncoder(model).to(device=device, dtype=dtype).eval()
+            dim_in = 3 * 16 * 16
+            uniform = torch.randn(batch, uniform_tokens, dim_in, device=device, dtype=dtype)
+            packed = torch.randn(sum(seqlens), dim_in, device=device, dtype=dtype)
+            cu, max_len = out["cu_seqlens"].to(device), out["max_seqlen"]
+            with torch.inference_mode():
+                uni_s, _ = timed(encoder, uniform, repeats=repeats, device=device)
+                apt_s, _ = timed(encoder, packed, cu, max_len, repeats=repeats, device=device)
+            predicted = predicted_speedup(seqlens, uniform_tokens, model)
+            records.append(dict(model=model, size=size, batch=batch, retention=retention, measured=uni_s / apt_s,
+                                predicted=predicted, uniform_img_s=batch / uni_s, apt_img_s=batch / apt_s))
+            lines.append(f"| {model} | {size} | {batch} | {retention:.3f} | {uni_s / apt_s:.2f}x | {predicted:.2f}x "
+                         f"| {batch / uni_s:.1f} | {batch / apt_s:.1f} |")
+            print(lines[-1], flush=True)
+            del encoder
+    results.setdefault("vit", []).extend(records)
+    return "\n".join(lines)
+
+
+def cuda_section(results: dict) -> str:
+    """GPU figures: entropy throughput, ratio against (b), tokenizer time as a fraction of a ViT-B/16 forward."""
+    from apt_research.vit import ViTEncoder
+
+    device = "cuda"
+    lines = ["| resolution | batch | ours img/s (GPU) | (b) one-hot img/s (GPU) | vs (b) | agree with CPU |",
+             "|---|---|---|---|---|---|"]
+    records = []
+    for size, batch in [(224, 256), (336, 128), (1024, 16)]:
+        cpu_images = real_batch(size, batch)
+        images = cpu_images.to(device)
+        ours_s, ours = timed(compute_patch_entropy_batched, images, 16, 3, 512, repeats=10, device=device)
+        fit = max(1, min(batch, int(ONE_HOT_LIMIT // baselines.one_hot_bytes(images[:1], 16, 3, 512))))
+        hot_s, hot = timed(baselines.one_hot_maps, images[:fit], 16, 3, 512, repeats=3, device=device)
+        check = compute_patch_entropy_batched(cpu_images[:4], 16, 3, 512)
+        diff = max(float((ours[k][:4].cpu() - check[k]).abs().max()) for k in check)
+        ours_rate, hot_rate = batch / ours_s, fit / hot_s
+        records.append(dict(size=size, batch=batch, ours_img_s=ours_rate, one_hot_img_s=hot_rate,
+                            one_hot_batch=fit, max_diff_vs_cpu=diff))
+        lines.append(f"| {size} | {batch} | {ours_rate:,.0f} | {hot_rate:,.0f} (batch {fit}) | {ours_rate / hot_rate:.0f}x "
+                     f"| {'yes' if diff <= 1e-5 else 'NO'} ({diff:.1e}) |")
+        print(lines[-1], flush=True)
+    pixels = real_batch(224, 256, device)
+    images = (pixels / 255 - torch.tensor(MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    tokenizer = PatchTokenizer(3, 16, 224, [5.75, 4.0], MEAN, STD).to(device)
+    tok_s, _ = timed(tokenizer, images, repeats=10, device=device)
+    encoder = ViTEncoder("vit_b").to(device=device, dtype=torch.bfloat16).eval()
+    tokens = torch.randn(256, 197, 768, device=device, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        vit_s, _ = timed(encoder, tokens, repeats=10, device=device)
+    fraction = tok_s / vit_s
+    results["cuda"] = dict(device=torch.cuda.get_device_name(), entropy=records, tokenizer_ms=1000 * tok_s,
+                           vit_b16_forward_ms=1000 * vit_s, fraction=fraction)
+    lines += ["", "| batch 256, 224x224 | ms |", "|---|---|",
+              f"| `PatchTokenizer.forward` (maps, masks, groups, packing) | {1000 * tok_s:.2f} |",
+              f"| ViT-B/16 forward, bf16, SDPA, random weights | {1000 * vit_s:.2f} |",
+              f"| **tokenizer / ViT-B/16 forward** (target <= 0.05) | **{fraction:.3f}** |"]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+SECTIONS = ("entropy", "scaling", "tokenizer", "cache", "vit", "cuda")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--out", type=Path, help="write the tables (markdown) here, and the figures as JSON beside")
+    parser.add_argument("--gpu-vit", action="store_true", help="ViT-B/L/H at 224/336/448, bf16, batch 64 on CUDA")
+    args = parser.parse_args(argv)
+    results: dict = {"machine": machine()}
+    parts = [f"Machine: {results['machine']}", ""]
+    titles = {"entropy": "Entropy maps", "scaling": "Scaling", "tokenizer": "Whole tokenizer", "cache": "Threshold points with cached maps",
+              "vit": "ViT speed, uniform vs APT-packed (CPU)", "cuda": "CUDA"}
+    for section in args.sections:
+        if section == "cuda" and not torch.cuda.is_available():
+            parts += [f"## {titles[section]}", "", "No CUDA device on this machine: section skipped.", ""]
+            continue
+        print(f"== {section}", flush=True)
+        table = globals()[f"{section}_section"](results)
+        parts += [f"## {titles[section]}", "", table, ""]
+        print(table, flush=True)
+    if args.gpu_vit and torch.cuda.is_available():
+        table = vit_section(results, models=("vit_b", "vit_l", "vit_h"), sizes=(224, 336, 448), batch=64,
+                            device="cuda", dtype=torch.bfloat16, repeats=5)
+        parts += ["## ViT speed on CUDA (bf16, batch 64)", "", table, ""]
+    text = "\n".join(parts)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
