@@ -46,12 +46,17 @@ def _varlen_attention():
     return varlen_attn
 
 
+def attention_kernel(device: torch.device | str, dtype: torch.dtype) -> str:
+    """Which kernel ``packed_attention`` uses for this device and dtype."""
+    usable = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return "varlen_attn (flash)" if usable and _varlen_attention() is not None else "sdpa per image"
+
+
 def packed_attention(q, k, v, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """Attention within each packed sequence: q, k, v ``(T, H, d)``; returns ``(T, H, d)``."""
-    varlen_attn = _varlen_attention()
-    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if attention_kernel(q.device, q.dtype).startswith("varlen"):
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+        return _varlen_attention()(q, k, v, cu, cu, max_seqlen, max_seqlen)
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):

@@ -190,7 +190,7 @@ def cache_section(results: dict) -> str:
 def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8, device="cpu", dtype=torch.float32,
                 repeats=2) -> str:
     from apt_research.costmodel import predicted_speedup
-    from apt_research.vit import ViTEncoder
+    from apt_research.vit import ViTEncoder, attention_kernel
 
     lines = [
         f"| model | resolution | batch | retention | measured speedup (packed APT vs uniform) | cost model | img/s uniform | img/s APT |",
@@ -216,12 +216,14 @@ def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8,
                 apt_s, _ = timed(encoder, packed, cu, max_len, repeats=repeats, device=device)
             predicted = predicted_speedup(seqlens, uniform_tokens, model)
             records.append(dict(model=model, size=size, batch=batch, retention=retention, measured=uni_s / apt_s,
+                                attention=attention_kernel(device, dtype), device=str(device),
                                 predicted=predicted, uniform_img_s=batch / uni_s, apt_img_s=batch / apt_s))
             lines.append(f"| {model} | {size} | {batch} | {retention:.3f} | {uni_s / apt_s:.2f}x | {predicted:.2f}x "
                          f"| {batch / uni_s:.1f} | {batch / apt_s:.1f} |")
             print(lines[-1], flush=True)
             del encoder
     results.setdefault("vit", []).extend(records)
+    lines.append(f"\nPacked attention: {attention_kernel(device, dtype)}; uniform: scaled_dot_product_attention.")
     return "\n".join(lines)
 
 
