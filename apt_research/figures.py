@@ -1,0 +1,146 @@
+"""Figures for notebooks and papers: entropy heatmaps, patch grids, reconstructions, panels.
+
+Every function returns a matplotlib ``Figure``; ``save_figure`` writes it as
+PDF and PNG atomically. ``paper_style`` sets one seaborn theme with fonts sized
+for a paper column.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+COLUMN_WIDTH_IN = 3.35
+SCALE_COLOURS = sns.color_palette("colorblind", 6)
+
+
+def paper_style() -> None:
+    """Seaborn 'paper' theme, white grid, 8-pt fonts, tight PDF fonts (Type 42)."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=0.9,
+                  rc={"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "figure.dpi": 100,
+                      "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+                      "ytick.labelsize": 7})
+
+
+def save_figure(figure, path, formats=("pdf", "png")) -> list[Path]:
+    """Write ``figure`` to ``path`` with each suffix in ``formats`` (or to ``path`` itself if it has one), atomically."""
+    path = Path(path)
+    targets = [path] if path.suffix else [path.with_suffix(f".{fmt}") for fmt in formats]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=target.suffix, prefix=".tmp-")
+        os.close(handle)
+        try:
+            figure.savefig(temporary, bbox_inches="tight", format=target.suffix[1:].replace("jpg", "jpeg"))
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+    return targets
+
+
+def _image_array(pixels: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` pixels in [0, 255] to an ``(H, W, 3)`` uint8 array for imshow."""
+    array = pixels.detach().cpu().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
+def plot_heatmap(scale_map: torch.Tensor, patch_size: int, pad_value: float = 1e6, ax=None, label="entropy (bits)"):
+    """One scale's ``(h, w)`` score map; padded border patches shown grey, colour bar in bits."""
+    values = scale_map.detach().cpu().double().numpy()
+    values = np.ma.masked_where(values >= pad_value, values)
+    figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN * 0.8, COLUMN_WIDTH_IN * 0.7))
+    ax = ax if ax is not None else figure.add_subplot()
+    cmap = matplotlib.colormaps["magma"].copy()
+    cmap.set_bad("0.8")
+    shown = ax.imshow(values, cmap=cmap, interpolation="nearest")
+    ax.set_title(f"{patch_size} px patches")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
+    return figure
+
+
+def plot_heatmaps(maps: dict[int, torch.Tensor], index: int = 0, pad_value: float = 1e6, label="entropy (bits)"):
+    """Heatmaps of every scale of image ``index``, side by side."""
+    sizes = sorted(maps)
+    figure, axes = plt.subplots(1, len(sizes), figsize=(COLUMN_WIDTH_IN * 0.9 * len(sizes), COLUMN_WIDTH_IN * 0.75),
+                                squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        plot_heatmap(maps[size][index], size, pad_value, ax=ax, label=label)
+    figure.tight_layout()
+    return figure
+
+
+def plot_patch_grid(pixels: torch.Tensor, masks: dict[int, torch.Tensor], index: int = 0, ax=None):
+    """The image with every kept patch outlined once, coloured by scale; the legend gives token counts."""
+    figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN))
+    ax = ax if ax is not None else figure.add_subplot()
+    image = _image_array(pixels[index] if pixels.dim() == 4 else pixels)
+    ax.imshow(image)
+    handles = []
+    for scale, size in enumerate(sorted(masks)):
+        cells = masks[size][index].nonzero().cpu().numpy()
+        colour = SCALE_COLOURS[scale % len(SCALE_COLOURS)]
+        boxes = [Rectangle((x * size - 0.5, y * size - 0.5), size, size) for y, x in cells]
+        ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour, linewidth=0.8))
+        handles.append(Rectangle((0, 0), 1, 1, facecolor="none", edgecolor=colour, label=f"{size} px: {len(cells)}"))
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    total = sum(int(masks[size][index].sum()) for size in masks)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=f"{total} tokens", frameon=False)
+    return figure
+
+
+def plot_image(pixels: torch.Tensor, title: str = "", ax=None):
+    """One ``(C, H, W)`` image in [0, 255]."""
+    figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN))
+    ax = ax if ax is not None else figure.add_subplot()
+    ax.imshow(_image_array(pixels))
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    return figure
+
+
+def plot_panel(pixels, maps, masks, reconstruction, metrics: dict | None = None, index: int = 0, pad_value=1e6):
+    """Resized image | coarsest-scale heatmap | patch grid | reconstruction (with PSNR/SSIM)."""
+    figure, axes = plt.subplots(1, 4, figsize=(COLUMN_WIDTH_IN * 2.2, COLUMN_WIDTH_IN * 0.7))
+    plot_image(pixels[index], "resized image", ax=axes[0])
+    coarsest = max(maps)
+    plot_heatmap(maps[coarsest][index], coarsest, pad_value, ax=axes[1])
+    plot_patch_grid(pixels, masks, index, ax=axes[2])
+    axes[2].get_legend().remove()
+    total = sum(int(masks[size][index].sum()) for size in masks)
+    axes[2].set_title(f"{total} tokens")
+    title = "reconstruction"
+    if metrics:
+        title += f"\nPSNR {metrics['psnr']:.1f} dB, SSIM {metrics['ssim']:.3f}"
+    plot_image(reconstruction[index], title, ax=axes[3])
+    figure.tight_layout()
+    return figure
+
+
+def plot_threshold_sweep(table, x="threshold", y="retention", hue=None, ax=None):
+    """Retention (or any column) against a threshold, one line per ``hue`` value, with spread."""
+    figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN * 0.75))
+    ax = ax if ax is not None else figure.add_subplot()
+    sns.lineplot(data=table, x=x, y=y, hue=hue, marker="o", errorbar=("pi", 80), ax=ax)
+    return figure
