@@ -100,7 +100,7 @@ def synthetic_image(kind: str, size: int, seed: int) -> np.ndarray:
         ramp = math.cos(angle) * xx + math.sin(angle) * yy
         gray = 40 + 170 * (ramp - ramp.min()) / max(np.ptp(ramp), 1e-9)
     elif kind == "white_noise":
-        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        gray = rng.integers(0, 256, (size, size)).astype(np.float64)
     elif kind == "pink_noise":
         fy, fx = np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :]
         amplitude = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / size)
@@ -127,6 +127,11 @@ def synthetic_image(kind: str, size: int, seed: int) -> np.ndarray:
                 x += width + int(rng.integers(1, 5))
     else:
         raise ValueError(f"kind must be one of {SYNTHETIC_KINDS}, got {kind!r}")
+    if kind in ("shapes", "strokes"):
+        # Anti-aliased edges, as a camera or a renderer makes them: edge patches hold many gray levels.
+        from skimage.filters import gaussian
+
+        gray = gaussian(gray, sigma=1.0, preserve_range=True)
     return to_rgb_uint8(np.stack([gray] * 3, axis=-1).round().clip(0, 255).astype(np.uint8))
 
 

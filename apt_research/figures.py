@@ -63,8 +63,7 @@ def plot_heatmap(scale_map: torch.Tensor, patch_size: int, pad_value: float = 1e
     values = np.ma.masked_where(values >= pad_value, values)
     figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN * 0.8, COLUMN_WIDTH_IN * 0.7))
     ax = ax if ax is not None else figure.add_subplot()
-    cmap = matplotlib.colormaps["magma"].copy()
-    cmap.set_bad("0.8")
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.8")
     shown = ax.imshow(values, cmap=cmap, interpolation="nearest")
     ax.set_title(f"{patch_size} px patches")
     ax.set_xticks([])
@@ -87,9 +86,11 @@ def plot_heatmaps(maps: dict[int, torch.Tensor], index: int = 0, pad_value: floa
 
 def plot_patch_grid(pixels: torch.Tensor, masks: dict[int, torch.Tensor], index: int = 0, ax=None):
     """The image with every kept patch outlined once, coloured by scale; the legend gives token counts."""
-    figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN))
-    ax = ax if ax is not None else figure.add_subplot()
     image = _image_array(pixels[index] if pixels.dim() == 4 else pixels)
+    size_in = (max(COLUMN_WIDTH_IN, image.shape[1] / 80), max(COLUMN_WIDTH_IN * image.shape[0] / image.shape[1],
+                                                              image.shape[0] / 80))
+    figure = ax.figure if ax is not None else plt.figure(figsize=size_in)
+    ax = ax if ax is not None else figure.add_subplot()
     ax.imshow(image)
     handles = []
     for scale, size in enumerate(sorted(masks)):
@@ -110,7 +111,9 @@ def plot_patch_grid(pixels: torch.Tensor, masks: dict[int, torch.Tensor], index:
 
 def plot_image(pixels: torch.Tensor, title: str = "", ax=None):
     """One ``(C, H, W)`` image in [0, 255]."""
-    figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN))
+    height, width = pixels.shape[-2:]
+    size_in = (max(COLUMN_WIDTH_IN, width / 80), max(COLUMN_WIDTH_IN * height / width, height / 80))
+    figure = ax.figure if ax is not None else plt.figure(figsize=size_in)
     ax = ax if ax is not None else figure.add_subplot()
     ax.imshow(_image_array(pixels))
     ax.set_title(title)
