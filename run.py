@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         return run("benchmarks/run.py", *rest)
     if command == "lab":
         return run("-m", "jupyterlab", "notebooks", *rest)
-    return run("-m", "apt_research.cli", "sweep", "ablations/default.yaml", "--resume", *rest)
+    return run("-m", "apt_research.cli", "sweep", "ablations/default.yaml", "--resume", "--jobs", "2", *rest)
 
 
 if __name__ == "__main__":

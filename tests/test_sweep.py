@@ -80,7 +80,6 @@ def test_killed_sweep_resumes_to_the_same_summary(smoke_dir, tmp_path):
     assert len(finished) < 2, "the kill should land before the sweep ends"
     for status_file in out.glob("runs/*/status.json"):
         json.loads(status_file.read_text())  # written atomically: never half a file
-    assert not list(out.glob("runs/*/.*tmp*")) or all(not is_finished(p.parent) for p in out.glob("runs/*/.*tmp*"))
     assert main(["sweep", str(SMOKE), "--out", str(out), "--resume"]) == 0
     statuses = [json.loads(p.read_text()) for p in out.glob("runs/*/status.json")]
     assert len(statuses) == 2 and all(s["state"] == "finished" for s in statuses)

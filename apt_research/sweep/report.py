@@ -83,6 +83,9 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     figures.paper_style()
     made = []
     records = records.assign(threshold=_threshold_axis(records))
+    order = sorted(records["dataset"].unique())
+    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    hue = {"hue": "dataset", "hue_order": order, "palette": palette}
 
     def save(figure, name):
         figures.save_figure(figure, out_dir / name)
@@ -90,9 +93,10 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         made.append(name)
 
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.lineplot(data=records, x="threshold", y="retention", hue="dataset", style="num_scales", marker="o",
-                 errorbar=("pi", 80), ax=ax)
-    ax.set(xlabel="threshold (largest of the setting)", ylabel="retention (tokens / base grid)")
+    sns.lineplot(data=records, x="threshold", y="retention", style="num_scales", marker="o", errorbar=("pi", 50),
+                 ax=ax, **hue)
+    ax.set(xlabel="threshold (largest of the setting)", ylabel="retention (tokens / base grid)",
+           title="line: mean over images, band: interquartile range")
     save(figure, "retention_vs_threshold")
 
     sizes = _scale_sizes(records)
@@ -100,12 +104,12 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
                         var_name="scale", value_name="score")
     long["scale"] = long["scale"].str.split("_").str[1] + " px"
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.boxplot(data=long.dropna(), x="scale", y="score", hue="dataset", fliersize=1, ax=ax)
+    sns.boxplot(data=long.dropna(), x="scale", y="score", fliersize=1, ax=ax, **hue)
     ax.set(ylabel="mean patch score per image (bits for entropy)", xlabel="patch size")
     save(figure, "entropy_distributions")
 
     mix = summary.assign(setting=summary["dataset"] + " | " + summary["thresholds"].astype(str) + " | S="
-                         + summary["num_scales"].astype(str))
+                         + summary["num_scales"].astype(str) + " | bins=" + summary["bins"].astype(str))
     mix_cols = [f"mix_{s}" for s in sizes if f"mix_{s}" in mix]
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN * 2, 0.25 * len(mix) + 1.0))
     mix.set_index("setting")[mix_cols].rename(columns=lambda c: c[4:] + " px").plot.barh(stacked=True, ax=ax, width=0.8)
@@ -114,9 +118,9 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     save(figure, "scale_mix")
 
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.scatterplot(data=summary, x="retention_mean", y="psnr_mean", hue="dataset", style="num_scales", ax=ax)
+    sns.scatterplot(data=summary, x="retention_mean", y="psnr_mean", style="num_scales", ax=ax, **hue)
     for dataset, part in summary.sort_values("retention_mean").groupby("dataset"):
-        ax.plot(part["retention_mean"], part["psnr_mean"], linewidth=0.6, alpha=0.6)
+        ax.plot(part["retention_mean"], part["psnr_mean"], linewidth=0.6, alpha=0.6, color=palette[dataset])
     ax.set(xlabel="retention (mean)", ylabel="PSNR of reconstruction (dB)")
     save(figure, "fidelity_vs_retention")
 
@@ -125,10 +129,9 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         if column in records and records[column].nunique() > 1:
             figure, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH_IN * 2, 2.4))
             dodge = 0.3 if records["dataset"].nunique() > 1 else False
-            sns.pointplot(data=records, x=column, y="retention", hue="dataset", errorbar=("pi", 80), dodge=dodge,
-                          ax=axes[0])
-            sns.pointplot(data=records, x=column, y="ssim", hue="dataset", errorbar=("pi", 80), dodge=dodge, ax=axes[1])
-            axes[0].set(ylabel="retention")
+            sns.pointplot(data=records, x=column, y="retention", errorbar=("pi", 50), dodge=dodge, ax=axes[0], **hue)
+            sns.pointplot(data=records, x=column, y="ssim", errorbar=("pi", 50), dodge=dodge, ax=axes[1], **hue)
+            axes[0].set(ylabel="retention (mean, interquartile bars)")
             axes[1].set(ylabel="SSIM of reconstruction")
             figure.tight_layout()
             save(figure, name)
