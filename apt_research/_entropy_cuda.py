@@ -98,13 +98,15 @@ def entropy_maps_triton(images, patch_size: int, num_scales: int, bins: int, pad
     else:
         shifts, scales = (t.to(images.device, torch.float32).flatten().expand(channels_in).contiguous() for t in denormalize)
     batch, channels, height, width = images.shape
-    bins_pow2 = triton.next_power_of_2(bins + 1)
     maps = {}
     for scale in range(num_scales):
         size = patch_size * 2**scale
         rows, cols = -(-height // size), -(-width // size)
         size_pow2 = triton.next_power_of_2(size)
         tile_rows = max(1, min(triton.next_power_of_2(size), 4096 // size_pow2))
+        # Lanes outside the patch go to a spare bin; without such lanes no spare bin is needed.
+        spare = size != size_pow2 or size % tile_rows != 0
+        bins_pow2 = triton.next_power_of_2(bins + 1 if spare else bins)
         out = torch.empty(batch, rows, cols, dtype=torch.float32, device=images.device)
         _entropy_kernel[(batch * rows * cols,)](
             images,
@@ -129,7 +131,7 @@ def entropy_maps_triton(images, patch_size: int, num_scales: int, bins: int, pad
             BINS=bins,
             BINS_POW2=bins_pow2,
             enable_fp_fusion=False,
-            num_warps=4,
+            num_warps=2 if size_pow2 * tile_rows <= 256 else 4 if size_pow2 * tile_rows <= 1024 else 8,
         )
         maps[size] = out
     return maps

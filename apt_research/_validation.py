@@ -44,7 +44,7 @@ def check_images(images, name: str = "images", *, pixel_range: bool = True) -> t
         raise TypeError(f"{name} must hold real numbers (float or uint8), got dtype {images.dtype}")
     if images.dtype == torch.uint8:
         return images
-    low, high = (float(v) for v in torch.aminmax(images.detach().float()))
+    low, high = torch.stack(torch.aminmax(images.detach().float())).tolist()
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = low if not math.isfinite(low) else high
         raise ValueError(f"{name} must be finite, got a {bad} value; expected pixels in [0, 255]")

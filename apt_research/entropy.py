@@ -229,6 +229,11 @@ def compute_patch_entropy_batched(
     check_int("bins", bins, 2)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value, backend, denormalize)
+
+
+def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=1e6, backend="auto", denormalize=None):
+    """``compute_patch_entropy_batched`` without the input checks, for callers that have made them."""
     if backend == "auto":
         if images.device.type == "cpu":
             backend = "numba" if numba_available() else "torch"

@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from ._validation import check_images, check_int, check_thresholds
-from .entropy import compute_patch_entropy_batched, denormalize_pixels, grid_shape, numba_available, scale_sizes
+from .entropy import denormalize_pixels, entropy_maps_unchecked, grid_shape, numba_available, scale_sizes
 from .scorers import compute_importance_maps, scorer_options
 from .selection import select_patches_by_threshold, tokens_per_scale
 
@@ -34,13 +34,18 @@ def _channel_stats(name: str, value) -> torch.Tensor:
     return tensor
 
 
-def _gather_patches(images, image_idx, row_idx, col_idx, size: int, largest: int) -> torch.Tensor:
-    """The ``size x size`` patches at the given grid cells, ``(N, C, size, size)``, zero beyond the image.
+def _numba_gather(images: torch.Tensor) -> bool:
+    return images.device.type == "cpu" and images.dtype == torch.float32 and numba_available()
 
-    CPU float32: a numba kernel copies only the kept patches. Elsewhere: zero-pad
-    to a multiple of the largest patch, view the grid, index.
+
+def _gather_patches(images, image_idx, row_idx, col_idx, size: int) -> torch.Tensor:
+    """The ``size x size`` patches at the given grid cells, ``(N, C, size, size)``.
+
+    CPU float32: a numba kernel copies only the kept patches of ``images`` and
+    writes zeros beyond the image. Elsewhere ``images`` must already be
+    zero-padded to a multiple of the largest patch: view the grid, index.
     """
-    if images.device.type == "cpu" and images.dtype == torch.float32 and numba_available():
+    if _numba_gather(images):
         from ._entropy_cpu import gather_patches_kernel
 
         out = torch.empty(image_idx.shape[0], images.shape[1], size, size)
@@ -48,10 +53,7 @@ def _gather_patches(images, image_idx, row_idx, col_idx, size: int, largest: int
             images.contiguous().numpy(), image_idx.numpy(), row_idx.numpy(), col_idx.numpy(), size, out.numpy()
         )
         return out
-    height, width = images.shape[-2:]
-    rows, cols = grid_shape(height, width, largest)
-    padded = F.pad(images, (0, cols * largest - width, 0, rows * largest - height))
-    grid = rearrange(padded, "b c (h p1) (w p2) -> b h w c p1 p2", p1=size, p2=size)
+    grid = rearrange(images, "b c (h p1) (w p2) -> b h w c p1 p2", p1=size, p2=size)
     return grid[image_idx, row_idx, col_idx]
 
 
@@ -156,13 +158,15 @@ class PatchTokenizer(nn.Module):
 
     def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         if self.method == "entropy":
-            return compute_patch_entropy_batched(
+            options = {"bins": 512, "backend": "auto", **self.method_options}
+            return entropy_maps_unchecked(
                 images,
                 self.base_patch_size,
                 self.num_scales,
-                pad_value=self.pad_value,
+                options["bins"],
+                self.pad_value,
+                options["backend"],
                 denormalize=(self.unnorm_mean, self.unnorm_std),
-                **self.method_options,
             )
         return compute_importance_maps(
             self.to_pixels(images),
@@ -207,11 +211,15 @@ class PatchTokenizer(nn.Module):
         so this equals resizing the whole padded image and cutting it.
         """
         base = self.base_patch_size
+        if not _numba_gather(images):
+            largest = self.patch_sizes[-1]
+            rows, cols = grid_shape(images.shape[-2], images.shape[-1], largest)
+            images = F.pad(images, (0, cols * largest - images.shape[-1], 0, rows * largest - images.shape[-2]))
         groups = {}
         for scale, size in enumerate(self.patch_sizes):
             keep = masks[size].bool()
             image_idx, row_idx, col_idx = keep.nonzero(as_tuple=True)
-            patches = _gather_patches(images, image_idx, row_idx, col_idx, size, self.patch_sizes[-1])
+            patches = _gather_patches(images, image_idx, row_idx, col_idx, size)
             if scale == 0:
                 groups[f"resized_patches_{size}"] = patches
             else:
