@@ -140,3 +140,22 @@ def test_single_channel_images():
     tokenizer = PatchTokenizer(2, 16, 64, [5.0], [0.5], [0.25])
     out = tokenizer(images)
     assert out["resized_patches_16"].shape[1:] == (1, 16, 16)
+
+
+@pytest.mark.parametrize("custom_maps", [False, True])
+def test_torch_gather_path_equals_reference(custom_maps):
+    # float64 images take the plain torch gather (the CUDA path); float32 CPU images take the numba kernel.
+    images = normalise(skimage_batch(61, 97))
+    tokenizer = PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], MEAN, STD)
+    if custom_maps:  # no border rule: large patches that stick out of the image get kept
+        maps = {14: torch.zeros(4, 5, 7), 28: torch.zeros(4, 3, 4), 56: torch.zeros(4, 2, 2)}
+    else:
+        maps = tokenizer.compute_importance_maps(images)
+    masks = tokenizer.construct_masks(maps)[0]
+    expected = reference.patch_groups(images, masks, 14)
+    for pixels in (images, images.double()):
+        groups = tokenizer.construct_patch_groups(pixels, masks)
+        for key, value in expected.items():
+            assert torch.allclose(groups[key].float(), value, atol=1e-6), key
+    if custom_maps:
+        assert expected["resized_patches_56"].shape[0] == 16
