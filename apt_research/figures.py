@@ -147,3 +147,15 @@ def plot_threshold_sweep(table, x="threshold", y="retention", hue=None, ax=None)
     ax = ax if ax is not None else figure.add_subplot()
     sns.lineplot(data=table, x=x, y=y, hue=hue, marker="o", errorbar=("pi", 80), ax=ax)
     return figure
+
+
+def plot_speedup_curves(ax, base_tokens: float, patch_size: int = 16, models=("vit_s", "vit_b", "vit_l", "vit_h")):
+    """The cost model's speedup against retention for each model (class token included), on ``ax``."""
+    from .costmodel import vit_flops
+
+    retention = np.linspace(0.2, 1.0, 81)
+    for model, colour in zip(models, sns.color_palette("Greys", len(models) + 2)[2:]):
+        uniform = vit_flops(base_tokens + 1, model, patch_size)
+        ax.plot(retention, uniform / vit_flops(1 + retention * base_tokens, model, patch_size), color=colour,
+                linewidth=1.0, label=f"{model} model")
+    return ax

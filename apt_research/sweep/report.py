@@ -14,7 +14,9 @@ import seaborn as sns
 from .. import figures
 from .runner import is_finished, write_atomic
 
-CONFIG_COLUMNS = ["resize", "image_size", "patch_size", "num_scales", "bins", "method", "method_options", "thresholds"]
+CONFIG_COLUMNS = ["resize", "image_size", "patch_size", "num_scales", "bins", "method", "method_options",
+                  "target_retention", "calibration", "thresholds"]
+MODELS = ("vit_s", "vit_b", "vit_l", "vit_h")
 
 
 @dataclass
@@ -69,8 +71,18 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
             column = f"score_{size}_{stat}"
             if column in records.columns:
                 aggregations[f"score_{size}_{stat}"] = (column, "mean")
-    summary = records.groupby(keys, dropna=False, sort=True).agg(**aggregations).reset_index()
-    return summary
+    for column in records.columns:
+        if column.startswith("measured_speedup_"):
+            aggregations[column] = (column, "mean")
+    if "target_retention" not in records.columns:
+        keys = [k for k in keys if k not in ("target_retention", "calibration")]
+    grouped = records.groupby(keys, dropna=False, sort=True)
+    summary = grouped.agg(**aggregations)
+    for model in MODELS:
+        if f"gflops_apt_{model}" in records.columns:
+            summary[f"speedup_pred_{model}"] = (grouped[f"gflops_uniform_{model}"].sum()
+                                                / grouped[f"gflops_apt_{model}"].sum())
+    return summary.reset_index()
 
 
 def _threshold_axis(table: pd.DataFrame) -> pd.Series:
@@ -124,6 +136,27 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     ax.set(xlabel="retention (mean)", ylabel="PSNR of reconstruction (dB)")
     save(figure, "fidelity_vs_retention")
 
+    if "speedup_pred_vit_b" in summary:
+        figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
+        base = float(records["tokens_base_grid"].mean())
+        patch = int(records["patch_size"].iloc[0])
+        figures.plot_speedup_curves(ax, base, patch, MODELS)
+        for model, marker in zip(MODELS, "os^D"):
+            ax.scatter(summary["retention_mean"], summary[f"speedup_pred_{model}"], marker=marker, s=10,
+                       color="0.3", zorder=3)
+            if f"measured_speedup_{model}" in summary:
+                ax.scatter(summary["retention_mean"], summary[f"measured_speedup_{model}"], marker=marker, s=28,
+                           facecolor="none", edgecolor="C3", zorder=4, label=f"{model} measured")
+        ax.set(xlabel="retention (mean)", ylabel="ViT speedup over uniform patches",
+               title="lines: cost model; dots: configurations; circles: measured")
+        ax.legend(fontsize=6)
+        save(figure, "speedup_vs_retention")
+
+        figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
+        sns.scatterplot(data=summary, x="speedup_pred_vit_b", y="psnr_mean", style="num_scales", ax=ax, **hue)
+        ax.set(xlabel="predicted ViT-B speedup (cost model)", ylabel="PSNR of reconstruction (dB)")
+        save(figure, "fidelity_vs_speedup")
+
     for column, name in (("bins", "bins_ablation"), ("num_scales", "scales_ablation"), ("method", "scorers_ablation"),
                          ("image_size", "resolutions_ablation")):
         if column in records and records[column].nunique() > 1:
@@ -165,6 +198,11 @@ def build_report(sweep_dir) -> Report:
                   f"{records['image'].nunique()} distinct images.", "",
                   "## Token savings and fidelity per data set and configuration", "",
                   _markdown_table(summary[[c for c in shown if c in summary]]), "",
+                  "## Token budgets and speed (cost model; measured where the spec asked)", "",
+                  _markdown_table(summary[[c for c in ["dataset", "target_retention", "calibration", "thresholds",
+                                                       "retention_mean", "psnr_mean", "ssim_mean"] if c in summary]
+                                          + [c for c in summary if c.startswith(("speedup_pred_", "measured_"))]],
+                                  floatfmt=".3f"), "",
                   "## Scale mix (share of tokens per patch size)", "",
                   _markdown_table(summary[["dataset", "num_scales", "thresholds"]
                                           + [c for c in summary if c.startswith("mix_")]]), "",

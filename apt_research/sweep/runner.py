@@ -32,6 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..analysis import entropy_statistics, fidelity, reconstruct, token_record
+from ..calibration import calibrate_thresholds
+from ..costmodel import vit_flops
+from ..speed import measure_speedup
+from ..vit import VIT_CONFIGS
 from ..datasets import iter_batches, iter_images, load_dataset
 from ..scorers import compute_importance_maps
 from ..selection import select_patches_by_threshold
@@ -160,11 +164,39 @@ def threshold_records(params: dict, thresholds: list[float], pixels, maps, metas
             **entropy_statistics(batched, 0),
             **fidelity(image, recon[0]),
         }
+        for model in VIT_CONFIGS:
+            row[f"gflops_apt_{model}"] = float(vit_flops(row["tokens_total"] + 1, model, params["patch_size"])) / 1e9
+            row[f"gflops_uniform_{model}"] = float(vit_flops(row["tokens_base_grid"] + 1, model,
+                                                             params["patch_size"])) / 1e9
         row["time_s"] = time.perf_counter() - start
         return row
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         return list(pool.map(record, zip(pixels, maps, metas)))
+
+
+def threshold_settings(params: dict, maps: list[dict]):
+    """The threshold settings of a run: as given, or calibrated on the run's maps for each target retention."""
+    if not params.get("target_retention"):
+        return [(thresholds, {}) for thresholds in params["thresholds"]]
+    settings = []
+    batched = [{size: m[None] for size, m in image_maps.items()} for image_maps in maps]
+    for target in params["target_retention"]:
+        result = calibrate_thresholds(batched, target, strategy=params["calibration"])
+        settings.append((result.thresholds, {"target_retention": target, "calibration_within_tolerance":
+                                             result.within_tolerance, "calibration_message": result.message}))
+    return settings
+
+
+def measured_speed(params: dict, rows: list[dict]) -> dict:
+    """Measured ViT speedups (packed APT vs uniform) for the run's token counts, for each model asked for."""
+    out = {}
+    for model in params.get("measure_speed") or []:
+        apt = [row["tokens_total"] + 1 for row in rows]
+        uniform = [row["tokens_base_grid"] + 1 for row in rows]
+        out[f"measured_speedup_{model}"] = measure_speedup(apt, uniform, model, params["patch_size"],
+                                                           params["device"])["speedup"]
+    return out
 
 
 def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "", run: str = "") -> pd.DataFrame:
@@ -177,12 +209,14 @@ def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "",
     pixels, maps, metas, skipped, hit = maps_for(params, cache_dir)
     maps_s = time.perf_counter() - start
     rows = []
-    for thresholds in params["thresholds"]:
-        rows += threshold_records(params, thresholds, pixels, maps, metas)
+    for thresholds, extra in threshold_settings(params, maps):
+        setting_rows = threshold_records(params, thresholds, pixels, maps, metas)
+        extra = dict(extra, **measured_speed(params, setting_rows))
+        rows += [dict(row, **extra) for row in setting_rows]
     table = pd.DataFrame(rows)
     constant = {"sweep": sweep, "run_id": run, "dataset": params["dataset"], "cache_hit": hit, "maps_time_s": maps_s}
     constant.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in params.items()
-                     if k not in ("thresholds", "dataset")})
+                     if k not in ("thresholds", "dataset", "target_retention")})
     for column, value in reversed(list(constant.items())):
         table.insert(0, column, value)
     handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".records.tmp-", suffix=".parquet")
@@ -314,6 +348,9 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
     import yaml
 
     sweep_dir = Path(out_dir).resolve()
+    if jobs > 1 and any(run["params"]["measure_speed"] for run in sweep.runs):
+        tqdm.write("measure_speed times a ViT on this machine: runs go one at a time (--jobs 1) so none competes")
+        jobs = 1
     with DirectoryLock(sweep_dir):
         write_atomic(sweep_dir / "spec.yaml", yaml.safe_dump(
             {"name": sweep.name, "description": sweep.description, "source": str(sweep.path),
@@ -383,10 +420,14 @@ def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
 
     params = {}
     for key, (expected, _) in PARAMETERS.items():
+        if key not in namespace:
+            continue
         value = namespace[key]
-        if isinstance(value, str) and expected in (list, dict):
+        if isinstance(value, str) and (expected in (list, dict) or key == "target_retention"):
             value = yaml.safe_load(value)
         params[key] = value
+    if params.get("target_retention") is not None:
+        params.pop("thresholds", None)  # the notebook's default thresholds give way to a target
     output_dir = Path(namespace["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = namespace.get("cache_dir")

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from ..calibration import STRATEGIES
 from ..datasets import DATASETS, RESIZE_POLICIES
+from ..vit import VIT_CONFIGS
 from ..scorers import SCORERS, scorer_options
 
 PARAMETERS: dict[str, tuple[type | tuple, object]] = {
@@ -33,6 +35,9 @@ PARAMETERS: dict[str, tuple[type | tuple, object]] = {
     "method": (str, "entropy"),
     "method_options": (dict, {}),
     "thresholds": (list, [[5.75, 4.0]]),
+    "target_retention": ((float, int, list, type(None)), None),
+    "calibration": (str, "shared"),
+    "measure_speed": (list, []),
     "limit": ((int, type(None)), None),
     "batch_size": (int, 16),
     "device": (str, "cpu"),
@@ -99,7 +104,24 @@ def check_params(params: dict, where: str) -> dict:
         minimum = 2 if key == "bins" else 1
         if full[key] < minimum:
             raise SpecError(f"{where}: key '{key}' must be >= {minimum}, got {full[key]}")
-    full["thresholds"] = normalise_thresholds(full["thresholds"], full["num_scales"], f"{where}: key 'thresholds'")
+    if full["target_retention"] is None:
+        full["thresholds"] = normalise_thresholds(full["thresholds"], full["num_scales"], f"{where}: key 'thresholds'")
+    else:
+        if params.get("thresholds"):
+            raise SpecError(f"{where}: keys 'thresholds' and 'target_retention' exclude each other: give one")
+        if full["num_scales"] < 2:
+            raise SpecError(f"{where}: key 'target_retention' needs num_scales >= 2, got {full['num_scales']}")
+        targets = full["target_retention"] if isinstance(full["target_retention"], list) else [full["target_retention"]]
+        for target in targets:
+            if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+                raise SpecError(f"{where}: key 'target_retention' expects numbers in (0, 1], got {target!r}")
+        full["target_retention"] = [float(t) for t in targets]
+        full["thresholds"] = []
+    if full["calibration"] not in STRATEGIES:
+        raise SpecError(f"{where}: key 'calibration' expects one of {STRATEGIES}, got {full['calibration']!r}")
+    for model in full["measure_speed"]:
+        if model not in VIT_CONFIGS:
+            raise SpecError(f"{where}: key 'measure_speed' expects models among {sorted(VIT_CONFIGS)}, got {model!r}")
     return full
 
 

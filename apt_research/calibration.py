@@ -1,0 +1,187 @@
+"""Thresholds for a token budget, from importance maps already computed (any scorer).
+
+Two rules choose thresholds for a target mean retention:
+
+- ``"shared"``: one threshold for every scale above 0.
+- ``"per_scale_quantile"``: scale s gets the q-quantile of its own (non-border)
+  scores, the same q for every scale, so scorers whose range changes with patch
+  size (laplacian, upsample_mse) are treated alike at every scale.
+
+Mean retention only falls as the threshold (or q) rises, so a bisection over
+the sorted candidate values finds the setting closest to the target. Retention
+moves in steps (one patch at a time), so the result is exact to within
+``tolerance`` where the data allows, and otherwise the closest achievable value,
+said in ``CalibrationResult.message``.
+
+``budget_masks`` is the per-image mode: each image keeps at most ``max_tokens``
+tokens, merging its lowest-score patches first (the smallest shared threshold
+whose selection fits the budget, per image).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .selection import select_patches_by_threshold, token_counts
+
+STRATEGIES = ("shared", "per_scale_quantile")
+
+
+@dataclass
+class CalibrationResult:
+    thresholds: list[float]
+    achieved_retention: float
+    target_retention: float
+    strategy: str
+    within_tolerance: bool
+    message: str
+
+
+def _as_map_list(maps) -> list[dict[int, torch.Tensor]]:
+    """Maps as a list of batched dicts: one dict ``{p_s: (B, h, w)}``, or a list of per-image dicts."""
+    if isinstance(maps, dict):
+        return [maps]
+    if isinstance(maps, (list, tuple)) and maps and all(isinstance(m, dict) for m in maps):
+        return [m if next(iter(m.values())).dim() == 3 else {k: v[None] for k, v in m.items()} for m in maps]
+    raise TypeError("maps must be a dict {patch_size: (B, h, w)} or a list of such dicts (one per image), "
+                    f"got {type(maps).__name__}")
+
+
+def _mean_retention(map_list, thresholds) -> float:
+    kept, base = 0.0, 0.0
+    for maps in map_list:
+        masks = select_patches_by_threshold(maps, thresholds)
+        smallest = masks[min(masks)]
+        kept += float(token_counts(masks).sum())
+        base += smallest.shape[0] * smallest.shape[1] * smallest.shape[2]
+    return kept / base
+
+
+def _scores(map_list, size, pad_value):
+    values = torch.cat([m[size].flatten().double() for m in map_list])
+    return values[values < pad_value].numpy()
+
+
+def _candidates(map_list, strategy, pad_value):
+    """Sorted candidate settings (an increasing parameter) and how to turn one into thresholds."""
+    sizes = sorted(map_list[0])[1:]
+    if strategy == "shared":
+        values = np.unique(np.concatenate([_scores(map_list, s, pad_value) for s in sizes]))
+        # A threshold just above a score keeps that patch; start below every score (keeps no large patch).
+        cuts = np.concatenate([[values[0] - 1.0], np.nextafter(values, np.inf)]) if values.size else np.array([0.0])
+        return cuts, lambda cut: [float(cut)] * len(sizes)
+    per_scale = [np.sort(_scores(map_list, s, pad_value)) for s in sizes]
+    quantiles = np.linspace(0.0, 1.0, 1001)
+
+    def thresholds(q):
+        out = []
+        for values in per_scale:
+            if values.size == 0:
+                out.append(-math.inf)
+                continue
+            index = int(round(q * values.size))
+            out.append(float(values[0] - 1.0) if index == 0 else float(np.nextafter(values[index - 1], np.inf)))
+        return out
+
+    return quantiles, thresholds
+
+
+def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared", tolerance: float = 0.005,
+                         pad_value: float = 1e6) -> CalibrationResult:
+    """Thresholds whose mean retention over the given images is closest to ``target_retention``.
+
+    Parameters
+    ----------
+    maps : dict or list of dict
+        Importance maps ``{p_s: (B, h_s, w_s)}`` (one batch) or a list of such
+        dicts (images of different sizes), e.g. from the sweep cache.
+    target_retention : float
+        Wanted mean of kept tokens / base-grid tokens, in (0, 1].
+    strategy : {"shared", "per_scale_quantile"}
+        The rule that maps one number to the thresholds of every scale.
+    tolerance : float
+        Allowed distance to the target (0.005 = half a percentage point).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from apt_research import compute_patch_entropy_batched
+    >>> from skimage import data
+    >>> image = torch.from_numpy(data.camera()).float()[None, None]
+    >>> maps = compute_patch_entropy_batched(image, 16, 3)
+    >>> result = calibrate_thresholds(maps, 0.5)
+    >>> abs(result.achieved_retention - 0.5) <= 0.005
+    True
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if isinstance(target_retention, bool) or not isinstance(target_retention, (int, float)) or not (
+        0 < target_retention <= 1
+    ):
+        raise ValueError(f"target_retention must be a number in (0, 1], got {target_retention!r}")
+    map_list = _as_map_list(maps)
+    if len(map_list[0]) < 2:
+        raise ValueError("calibration needs at least 2 scales: with one scale every patch is kept (retention 1)")
+    candidates, to_thresholds = _candidates(map_list, strategy, pad_value)
+    low, high = 0, len(candidates) - 1  # retention falls as the index rises
+    retention = {}
+
+    def at(index):
+        if index not in retention:
+            retention[index] = _mean_retention(map_list, to_thresholds(candidates[index]))
+        return retention[index]
+
+    while high - low > 1:
+        middle = (low + high) // 2
+        if at(middle) > target_retention:
+            low = middle
+        else:
+            high = middle
+    best = min((low, high), key=lambda i: abs(at(i) - target_retention))
+    achieved = at(best)
+    within = abs(achieved - target_retention) <= tolerance
+    if within:
+        message = f"retention {achieved:.4f} for target {target_retention:.4f}"
+    else:
+        span = (at(len(candidates) - 1), at(0))
+        message = (f"target retention {target_retention:.4f} is not reachable within {tolerance:.4f} on these images "
+                   f"(reachable: {span[0]:.4f} to {span[1]:.4f}, in steps); closest achievable {achieved:.4f}")
+    return CalibrationResult(to_thresholds(candidates[best]), achieved, float(target_retention), strategy, within,
+                             message)
+
+
+def budget_masks(maps: dict[int, torch.Tensor], max_tokens: int, pad_value: float = 1e6):
+    """Masks keeping at most ``max_tokens`` tokens per image, lowest-score merges first.
+
+    For each image this is the selection with the smallest shared threshold
+    whose token count fits the budget. Returns ``(masks, thresholds)`` with one
+    threshold per image. A budget below what merging everything reaches keeps
+    the coarsest possible selection (all merges made).
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    sizes = sorted(maps)
+    batch = maps[sizes[0]].shape[0]
+    per_image_masks, chosen = [], []
+    for index in range(batch):
+        image_maps = {size: maps[size][index : index + 1] for size in sizes}
+        cuts, to_thresholds = _candidates([image_maps], "shared", pad_value)
+        low, high = 0, len(cuts) - 1
+        count = lambda i: int(token_counts(select_patches_by_threshold(image_maps, to_thresholds(cuts[i])))[0])
+        if count(low) <= max_tokens:
+            high = low
+        while high - low > 1:
+            middle = (low + high) // 2
+            if count(middle) > max_tokens:
+                low = middle
+            else:
+                high = middle
+        thresholds = to_thresholds(cuts[high])
+        per_image_masks.append(select_patches_by_threshold(image_maps, thresholds))
+        chosen.append(thresholds[0])
+    masks = {size: torch.cat([m[size] for m in per_image_masks]) for size in sizes}
+    return masks, chosen
