@@ -281,6 +281,28 @@ def machine() -> str:
     return text
 
 
+def plot_speed(records: list[dict], path: Path, title: str) -> None:
+    """Measured speedups (points) against retention, beside the cost model's curves, as PDF and PNG."""
+    import matplotlib.pyplot as plt
+
+    from apt_research import figures
+
+    figures.paper_style()
+    figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN * 1.3, 2.6))
+    base = 196.0
+    figures.plot_speedup_curves(ax, base, 16, sorted({r["model"] for r in records}))
+    markers = dict(zip(sorted({r["size"] for r in records}), "os^D"))
+    for record in records:
+        ax.scatter(record["retention"], record["measured"], marker=markers[record["size"]], s=18, zorder=3,
+                   color=f"C{sorted({r['model'] for r in records}).index(record['model'])}")
+    for size, marker in markers.items():
+        ax.scatter([], [], marker=marker, color="0.4", label=f"measured, {size} px")
+    ax.set(xlabel="retention (APT tokens / uniform tokens)", ylabel="throughput ratio APT / uniform", title=title)
+    ax.legend(fontsize=6, ncol=2)
+    figures.save_figure(figure, path)
+    plt.close(figure)
+
+
 SECTIONS = ("entropy", "scaling", "tokenizer", "cache", "vit", "cuda")
 
 
@@ -289,7 +311,14 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--out", type=Path, help="write the tables (markdown) here, and the figures as JSON beside")
     parser.add_argument("--gpu-vit", action="store_true", help="ViT-B/L/H at 224/336/448, bf16, batch 64 on CUDA")
+    parser.add_argument("--plot-from", type=Path, help="draw the speed figure of a results JSON and stop")
     args = parser.parse_args(argv)
+    if args.plot_from:
+        data = json.loads(args.plot_from.read_text())
+        target = args.plot_from.with_name(args.plot_from.stem + "-speedup_vs_retention")
+        plot_speed(data["vit"], target, data["machine"].split(", GPU ")[-1][:40])
+        print(f"wrote {target}.pdf/.png")
+        return 0
     results: dict = {"machine": machine()}
     parts = [f"Machine: {results['machine']}", ""]
     titles = {"entropy": "Entropy maps", "scaling": "Scaling", "tokenizer": "Whole tokenizer", "cache": "Threshold points with cached maps",
@@ -307,6 +336,8 @@ def main(argv=None) -> int:
                             device="cuda", dtype=torch.bfloat16, repeats=5)
         parts += ["## ViT speed on CUDA (bf16, batch 64)", "", table, ""]
     text = "\n".join(parts)
+    if args.out and results.get("vit"):
+        plot_speed(results["vit"], args.out.with_name(args.out.stem + "-speedup_vs_retention"), results["machine"][:40])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

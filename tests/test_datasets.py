@@ -110,3 +110,9 @@ def test_batches_group_equal_sizes():
     items = [(torch.zeros(3, 8, 8), {"i": 0}), (torch.zeros(3, 8, 8), {"i": 1}), (torch.zeros(3, 4, 8), {"i": 2})]
     batches = list(iter_batches(iter(items), batch_size=4))
     assert [b.shape[0] for b, _ in batches] == [2, 1]
+
+
+def test_bundled_images_are_the_same_on_every_load():
+    first = [p for p, _ in iter_images(skimage_dataset(["binary_blobs", "camera"]), "native", progress=False)]
+    again = [p for p, _ in iter_images(skimage_dataset(["binary_blobs", "camera"]), "native", progress=False)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
