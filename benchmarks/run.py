@@ -190,7 +190,9 @@ def cache_section(results: dict) -> str:
 
 
 def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8, device="cpu", dtype=torch.float32,
-                repeats=2) -> str:
+                repeats=2, targets: dict | None = None) -> str:
+    """Uniform vs packed ViT forward. ``targets`` ({size: retention}) calibrates a shared threshold to that
+    retention instead of using the paper's thresholds [5.75, 4.0]."""
     from apt_research.costmodel import predicted_speedup
     from apt_research.vit import ViTEncoder, attention_kernel
 
@@ -202,7 +204,14 @@ def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8,
     for size in sizes:
         pixels = real_batch(size, batch, device)
         images = (pixels / 255 - torch.tensor(MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(STD, device=device).view(1, 3, 1, 1)
-        tokenizer = PatchTokenizer(3, 16, size, [5.75, 4.0], MEAN, STD).to(device)
+        thresholds = [5.75, 4.0]
+        if targets and size in targets:
+            from apt_research.calibration import calibrate_thresholds
+
+            probe = PatchTokenizer(3, 16, size, thresholds, MEAN, STD).to(device)
+            thresholds = calibrate_thresholds(
+                {k: v.cpu() for k, v in probe.compute_importance_maps(images).items()}, targets[size]).thresholds
+        tokenizer = PatchTokenizer(3, 16, size, thresholds, MEAN, STD).to(device)
         out = tokenizer(images)
         seqlens = out["seqlens"]
         uniform_tokens = 1 + (size // 16) ** 2
@@ -218,6 +227,7 @@ def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8,
                 apt_s, _ = timed(encoder, packed, cu, max_len, repeats=repeats, device=device)
             predicted = predicted_speedup(seqlens, uniform_tokens, model)
             records.append(dict(model=model, size=size, batch=batch, retention=retention, measured=uni_s / apt_s,
+                                thresholds=[round(t, 4) for t in thresholds],
                                 attention=attention_kernel(device, dtype), device=str(device),
                                 predicted=predicted, uniform_img_s=batch / uni_s, apt_img_s=batch / apt_s))
             lines.append(f"| {model} | {size} | {batch} | {retention:.3f} | {uni_s / apt_s:.2f}x | {predicted:.2f}x "
@@ -297,7 +307,10 @@ def plot_speed(records: list[dict], path: Path, title: str) -> None:
                    color=f"C{sorted({r['model'] for r in records}).index(record['model'])}")
     for size, marker in markers.items():
         ax.scatter([], [], marker=marker, color="0.4", label=f"measured, {size} px")
-    ax.set(xlabel="retention (APT tokens / uniform tokens)", ylabel="throughput ratio APT / uniform", title=title)
+    for index, model in enumerate(sorted({r["model"] for r in records})):
+        ax.scatter([], [], marker="s", color=f"C{index}", label=f"{model} measured")
+    ax.set(xlabel="retention (APT tokens / uniform tokens)", ylabel="throughput ratio APT / uniform",
+           title=f"{title}; lines: cost model at 224 px")
     ax.legend(fontsize=6, ncol=2)
     figures.save_figure(figure, path)
     plt.close(figure)
@@ -312,6 +325,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="write the tables (markdown) here, and the figures as JSON beside")
     parser.add_argument("--gpu-vit", action="store_true", help="ViT-B/L/H at 224/336/448, bf16, batch 64 on CUDA")
     parser.add_argument("--plot-from", type=Path, help="draw the speed figure of a results JSON and stop")
+    parser.add_argument("--paper-retention", action="store_true",
+                        help="ViT-B/L/H on CUDA at the paper's retention: 0.75 at 224, 0.44 at 384 (calibrated)")
     args = parser.parse_args(argv)
     if args.plot_from:
         data = json.loads(args.plot_from.read_text())
@@ -335,6 +350,11 @@ def main(argv=None) -> int:
         table = vit_section(results, models=("vit_b", "vit_l", "vit_h"), sizes=(224, 336, 448), batch=64,
                             device="cuda", dtype=torch.bfloat16, repeats=5)
         parts += ["## ViT speed on CUDA (bf16, batch 64)", "", table, ""]
+    if args.paper_retention and torch.cuda.is_available():
+        table = vit_section(results, models=("vit_b", "vit_l", "vit_h"), sizes=(224, 384), batch=64, device="cuda",
+                            dtype=torch.bfloat16, repeats=5, targets={224: 0.75, 384: 0.44})
+        parts += ["## ViT speed on CUDA at the paper's retention (bf16, batch 64; paper: ViT-L +40%, ViT-H +50%)",
+                  "", table, ""]
     text = "\n".join(parts)
     if args.out and results.get("vit"):
         plot_speed(results["vit"], args.out.with_name(args.out.stem + "-speedup_vs_retention"), results["machine"][:40])
