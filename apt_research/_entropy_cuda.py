@@ -135,3 +135,93 @@ def entropy_maps_triton(images, patch_size: int, num_scales: int, bins: int, pad
         )
         maps[size] = out
     return maps
+
+
+@triton.jit
+def _load_pixel(plane, y, x, height, width, stride_h, mask):
+    inside = mask & (y < height) & (x < width)
+    return tl.load(plane + y * stride_h + x, mask=inside, other=0).to(tl.float32)
+
+
+@triton.jit
+def _group_kernel(
+    images,
+    keep_ptr,
+    slot_ptr,
+    resized_ptr,
+    full_ptr,
+    boxes_ptr,
+    channels,
+    height,
+    width,
+    rows,
+    cols,
+    stride_b,
+    stride_c,
+    stride_h,
+    SIZE: tl.constexpr,
+    BASE: tl.constexpr,
+    BASE_POW2: tl.constexpr,
+    FACTOR: tl.constexpr,
+):
+    cell = tl.program_id(0)
+    if tl.load(keep_ptr + cell) != 0:
+        slot = tl.load(slot_ptr + cell).to(tl.int64)
+        b = cell // (rows * cols)
+        i = (cell // cols) % rows
+        j = cell % cols
+        y0 = i * SIZE
+        x0 = j * SIZE
+        tl.store(boxes_ptr + slot * 4, b.to(tl.int64))
+        tl.store(boxes_ptr + slot * 4 + 1, y0.to(tl.int64))
+        tl.store(boxes_ptr + slot * 4 + 2, x0.to(tl.int64))
+        tl.store(boxes_ptr + slot * 4 + 3, tl.full((), SIZE, tl.int64))
+        py = tl.arange(0, BASE_POW2)[:, None]
+        px = tl.arange(0, BASE_POW2)[None, :]
+        inside = (py < BASE) & (px < BASE)
+        for channel in range(channels):
+            plane = images + b.to(tl.int64) * stride_b + channel * stride_c
+            out = (slot * channels + channel) * BASE * BASE + py * BASE + px
+            if FACTOR == 1:
+                value = _load_pixel(plane, y0 + py, x0 + px, height, width, stride_h, inside)
+            else:
+                top = y0 + py * FACTOR + FACTOR // 2 - 1
+                left = x0 + px * FACTOR + FACTOR // 2 - 1
+                value = 0.25 * _load_pixel(plane, top, left, height, width, stride_h, inside)
+                value += 0.25 * _load_pixel(plane, top, left + 1, height, width, stride_h, inside)
+                value += 0.25 * _load_pixel(plane, top + 1, left, height, width, stride_h, inside)
+                value += 0.25 * _load_pixel(plane, top + 1, left + 1, height, width, stride_h, inside)
+                for part in tl.static_range(FACTOR * FACTOR):
+                    sub = _load_pixel(plane, y0 + (part // FACTOR) * BASE + py, x0 + (part % FACTOR) * BASE + px,
+                                      height, width, stride_h, inside)
+                    full = ((slot * FACTOR * FACTOR + part) * channels + channel) * BASE * BASE + py * BASE + px
+                    tl.store(full_ptr + full, sub.to(full_ptr.dtype.element_ty), mask=inside)
+            tl.store(resized_ptr + out, value.to(resized_ptr.dtype.element_ty), mask=inside)
+
+
+def patch_groups_triton(images: torch.Tensor, keep: torch.Tensor, count: int, size: int, base: int):
+    """Kept patches of one scale in (image, row, column) order, one program per grid cell.
+
+    ``keep``: ``(B, rows, cols)`` mask; ``count``: how many cells it keeps (known on the host, so no sync).
+    Returns ``(resized (N, C, p, p), full (N, f*f, C, p, p) or None, boxes (N, 4))``; the resized patch is
+    the bilinear downsampling by ``f = size / base`` (two rows and columns at weight 1/2 each, summed in the
+    order of torch's CPU kernel), pixels beyond the image are zero.
+    """
+    images = images.contiguous()
+    batch, channels, height, width = images.shape
+    rows, cols = keep.shape[-2:]
+    flat = keep.reshape(-1).to(torch.int32)
+    slots = torch.cumsum(flat, 0, dtype=torch.int32) - 1
+    factor = size // base
+    resized = torch.empty(count, channels, base, base, dtype=images.dtype, device=images.device)
+    full = (torch.empty(count, factor * factor, channels, base, base, dtype=images.dtype, device=images.device)
+            if factor > 1 else resized)
+    boxes = torch.empty(count, 4, dtype=torch.int64, device=images.device)
+    if count:
+        _group_kernel[(flat.numel(),)](
+            images, flat, slots, resized, full, boxes, channels, height, width, rows, cols,
+            images.stride(0), images.stride(1), images.stride(2),
+            SIZE=size, BASE=base, BASE_POW2=triton.next_power_of_2(base), FACTOR=factor,
+            enable_fp_fusion=False, num_warps=4 if base <= 16 else 8,
+        )
+    return resized, (full if factor > 1 else None), boxes

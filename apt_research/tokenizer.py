@@ -10,7 +10,14 @@ from einops import rearrange
 from torch import nn
 
 from ._validation import check_images, check_int, check_thresholds
-from .entropy import denormalize_pixels, entropy_maps_unchecked, grid_shape, numba_available, scale_sizes
+from .entropy import (
+    denormalize_pixels,
+    entropy_maps_unchecked,
+    grid_shape,
+    numba_available,
+    scale_sizes,
+    triton_available,
+)
 from .scorers import compute_importance_maps, scorer_options
 from .selection import select_patches_by_threshold, tokens_per_scale
 
@@ -214,15 +221,22 @@ class PatchTokenizer(nn.Module):
         seqlens : list[int]
             Tokens per image, class token included.
         """
+        masks, output_mask, seqlens, _ = self._masks(importance_maps)
+        return masks, output_mask, seqlens
+
+    def _masks(self, importance_maps):
+        """``construct_masks`` plus the kept patches per scale, all sizes read from the device in one sync."""
         masks = select_patches_by_threshold(importance_maps, self.thresholds)
         counts = torch.stack(list(tokens_per_scale(masks).values()), dim=1)
         scale_labels = torch.tensor([CLASS_TOKEN, *range(1, self.num_scales + 1)], device=counts.device)
         per_image = torch.cat([torch.ones_like(counts[:, :1]), counts], dim=1)
-        seqlens = per_image.sum(1).tolist()
+        per_image_host = per_image.cpu()
+        seqlens = per_image_host.sum(1).tolist()
+        totals = per_image_host[:, 1:].sum(0).tolist()
         output_mask = torch.repeat_interleave(
             scale_labels.repeat(counts.shape[0]), per_image.flatten(), output_size=sum(seqlens)
         )
-        return masks, output_mask, seqlens
+        return masks, output_mask, seqlens, totals
 
     def construct_patch_groups(self, images: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cut the kept patches of every scale, in (batch, row, column) order.
@@ -237,6 +251,11 @@ class PatchTokenizer(nn.Module):
         ``2**s`` with ``align_corners=False`` reads pixels inside the patch only,
         so this equals resizing the whole padded image and cutting it.
         """
+        return self._groups(images, masks, None)
+
+    def _groups(self, images, masks, totals):
+        if images.device.type == "cuda" and triton_available():
+            return self._groups_triton(images, masks, totals)
         base = self.base_patch_size
         height, width = images.shape[-2:]
         if not _numba_gather(images):
@@ -261,6 +280,23 @@ class PatchTokenizer(nn.Module):
             )
         return groups
 
+    def _groups_triton(self, images, masks, totals):
+        """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot."""
+        from ._entropy_cuda import patch_groups_triton
+
+        if totals is None:
+            totals = torch.stack([masks[size].sum() for size in self.patch_sizes]).long().tolist()
+        groups = {}
+        for scale, size in enumerate(self.patch_sizes):
+            keep = masks[size] > 0
+            resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, self.base_patch_size)
+            groups[f"resized_patches_{size}"] = resized
+            if full is not None:
+                groups[f"full_patches_{size}"] = full
+            groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
+            groups[f"token_boxes_{size}"] = boxes
+        return groups
+
     def forward(self, images: torch.Tensor, importance_maps: dict[int, torch.Tensor] | None = None) -> dict:
         """Tokenize normalised ``images`` ``(B, C, H, W)``.
 
@@ -276,8 +312,8 @@ class PatchTokenizer(nn.Module):
         self._check_input(images)
         if importance_maps is None:
             importance_maps = self._importance_maps(images)
-        masks, output_mask, seqlens = self.construct_masks(importance_maps)
-        out = self.construct_patch_groups(images, masks)
+        masks, output_mask, seqlens, totals = self._masks(importance_maps)
+        out = self._groups(images, masks, totals)
         out["masks"] = masks
         out["output_mask"] = output_mask
         out["seqlens"] = seqlens

@@ -48,3 +48,20 @@ def test_cuda_tokenizer_equals_cpu(method):
         maps_cpu = compute_importance_maps(pixels, method, 16, 3)
         for size in maps_cpu:
             assert torch.allclose(maps_gpu[size].cpu(), maps_cpu[size], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("custom_maps", [False, True])
+def test_cuda_patch_groups_equal_cpu(custom_maps):
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    images = torch.randn(4, 3, 61, 97)
+    tokenizer = PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], mean, std)
+    if custom_maps:  # large patches sticking out of the image kept: zero padding inside them
+        maps = {14: torch.zeros(4, 5, 7), 28: torch.zeros(4, 3, 4), 56: torch.rand(4, 2, 2) * 2}
+    else:
+        maps = tokenizer.compute_importance_maps(images)
+    cpu = tokenizer(images, importance_maps=maps)
+    gpu = tokenizer.cuda()(images.cuda(), importance_maps={k: v.cuda() for k, v in maps.items()})
+    for key, value in cpu.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.allclose(gpu[key].cpu().to(value.dtype), value, atol=1e-6), key
+    assert gpu["seqlens"] == cpu["seqlens"]
