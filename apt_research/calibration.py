@@ -90,6 +90,21 @@ def _candidates(map_list, strategy, pad_value):
     return quantiles, thresholds
 
 
+def _bisect(value_at, size: int, target: float) -> tuple[int, int]:
+    """``(low, high)`` around where the non-increasing ``value_at(0 .. size-1)`` falls to ``target``:
+    ``value_at(high) <= target < value_at(low)``, or ``(0, 0)`` when ``value_at(0) <= target``."""
+    low, high = 0, size - 1
+    if value_at(low) <= target:
+        return low, low
+    while high - low > 1:
+        middle = (low + high) // 2
+        if value_at(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return low, high
+
+
 def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared", tolerance: float = 0.005,
                          pad_value: float = 1e6) -> CalibrationResult:
     """Thresholds whose mean retention over the given images is closest to ``target_retention``.
@@ -127,7 +142,6 @@ def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared"
     if len(map_list[0]) < 2:
         raise ValueError("calibration needs at least 2 scales: with one scale every patch is kept (retention 1)")
     candidates, to_thresholds = _candidates(map_list, strategy, pad_value)
-    low, high = 0, len(candidates) - 1  # retention falls as the index rises
     retention = {}
 
     def at(index):
@@ -135,12 +149,7 @@ def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared"
             retention[index] = _mean_retention(map_list, to_thresholds(candidates[index]))
         return retention[index]
 
-    while high - low > 1:
-        middle = (low + high) // 2
-        if at(middle) > target_retention:
-            low = middle
-        else:
-            high = middle
+    low, high = _bisect(at, len(candidates), target_retention)
     best = min((low, high), key=lambda i: abs(at(i) - target_retention))
     achieved = at(best)
     within = abs(achieved - target_retention) <= tolerance
@@ -170,16 +179,8 @@ def budget_masks(maps: dict[int, torch.Tensor], max_tokens: int, pad_value: floa
     for index in range(batch):
         image_maps = {size: maps[size][index : index + 1] for size in sizes}
         cuts, to_thresholds = _candidates([image_maps], "shared", pad_value)
-        low, high = 0, len(cuts) - 1
         count = lambda i: int(token_counts(select_patches_by_threshold(image_maps, to_thresholds(cuts[i])))[0])
-        if count(low) <= max_tokens:
-            high = low
-        while high - low > 1:
-            middle = (low + high) // 2
-            if count(middle) > max_tokens:
-                low = middle
-            else:
-                high = middle
+        _, high = _bisect(count, len(cuts), max_tokens)
         thresholds = to_thresholds(cuts[high])
         per_image_masks.append(select_patches_by_threshold(image_maps, thresholds))
         chosen.append(thresholds[0])
