@@ -151,6 +151,10 @@ def _group_kernel(
     resized_ptr,
     full_ptr,
     boxes_ptr,
+    packed_boxes_ptr,
+    labels_ptr,
+    delta_ptr,
+    label,
     channels,
     height,
     width,
@@ -163,6 +167,7 @@ def _group_kernel(
     BASE: tl.constexpr,
     BASE_POW2: tl.constexpr,
     FACTOR: tl.constexpr,
+    WRITE_PACKED: tl.constexpr,
 ):
     cell = tl.program_id(0)
     if tl.load(keep_ptr + cell) != 0:
@@ -176,6 +181,13 @@ def _group_kernel(
         tl.store(boxes_ptr + slot * 4 + 1, y0.to(tl.int64))
         tl.store(boxes_ptr + slot * 4 + 2, x0.to(tl.int64))
         tl.store(boxes_ptr + slot * 4 + 3, tl.full((), SIZE, tl.int64))
+        if WRITE_PACKED:
+            where = slot + tl.load(delta_ptr + b)
+            tl.store(packed_boxes_ptr + where * 4, b.to(tl.int64))
+            tl.store(packed_boxes_ptr + where * 4 + 1, y0.to(tl.int64))
+            tl.store(packed_boxes_ptr + where * 4 + 2, x0.to(tl.int64))
+            tl.store(packed_boxes_ptr + where * 4 + 3, tl.full((), SIZE, tl.int64))
+            tl.store(labels_ptr + where, tl.full((), label, tl.int64))
         py = tl.arange(0, BASE_POW2)[:, None]
         px = tl.arange(0, BASE_POW2)[None, :]
         inside = (py < BASE) & (px < BASE)
@@ -199,10 +211,12 @@ def _group_kernel(
             tl.store(resized_ptr + out, value.to(resized_ptr.dtype.element_ty), mask=inside)
 
 
-def patch_groups_triton(images: torch.Tensor, keep: torch.Tensor, count: int, size: int, base: int):
+def patch_groups_triton(images: torch.Tensor, keep: torch.Tensor, count: int, size: int, base: int, packed=None):
     """Kept patches of one scale in (image, row, column) order, one program per grid cell.
 
     ``keep``: ``(B, rows, cols)`` mask; ``count``: how many cells it keeps (known on the host, so no sync).
+    ``packed``: ``(token_boxes, output_mask, delta, label)``: also write each patch's box and ``label`` at
+    place ``slot + delta[image]`` of the packed sequence.
     Returns ``(resized (N, C, p, p), full (N, f*f, C, p, p) or None, boxes (N, 4))``; the resized patch is
     the bilinear downsampling by ``f = size / base`` (two rows and columns at weight 1/2 each, summed in the
     order of torch's CPU kernel), pixels beyond the image are zero.
@@ -217,11 +231,13 @@ def patch_groups_triton(images: torch.Tensor, keep: torch.Tensor, count: int, si
     full = (torch.empty(count, factor * factor, channels, base, base, dtype=images.dtype, device=images.device)
             if factor > 1 else resized)
     boxes = torch.empty(count, 4, dtype=torch.int64, device=images.device)
+    packed_boxes, labels, delta, label = packed if packed is not None else (boxes, boxes, boxes, 0)
     if count:
         _group_kernel[(flat.numel(),)](
-            images, flat, slots, resized, full, boxes, channels, height, width, rows, cols,
-            images.stride(0), images.stride(1), images.stride(2),
+            images, flat, slots, resized, full, boxes, packed_boxes, labels, delta, label,
+            channels, height, width, rows, cols, images.stride(0), images.stride(1), images.stride(2),
             SIZE=size, BASE=base, BASE_POW2=triton.next_power_of_2(base), FACTOR=factor,
+            WRITE_PACKED=packed is not None,
             enable_fp_fusion=False, num_warps=4 if base <= 16 else 8,
         )
     return resized, (full if factor > 1 else None), boxes

@@ -221,22 +221,20 @@ class PatchTokenizer(nn.Module):
         seqlens : list[int]
             Tokens per image, class token included.
         """
-        masks, output_mask, seqlens, _ = self._masks(importance_maps)
-        return masks, output_mask, seqlens
+        masks, counts, counts_host = self._select(importance_maps)
+        seqlens = (counts_host.sum(1) + 1).tolist()
+        return masks, self._output_mask(counts, seqlens), seqlens
 
-    def _masks(self, importance_maps):
-        """``construct_masks`` plus the kept patches per scale, all sizes read from the device in one sync."""
+    def _select(self, importance_maps):
+        """Masks, and the kept patches per image and scale ``(B, S)`` on the device and on the host (one sync)."""
         masks = select_patches_by_threshold(importance_maps, self.thresholds)
-        counts = torch.stack(list(tokens_per_scale(masks).values()), dim=1)
-        scale_labels = torch.tensor([CLASS_TOKEN, *range(1, self.num_scales + 1)], device=counts.device)
+        counts = torch.stack([masks[size].flatten(1).sum(1) for size in self.patch_sizes], dim=1).long()
+        return masks, counts, counts.cpu()
+
+    def _output_mask(self, counts: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
+        labels = torch.tensor([CLASS_TOKEN, *range(1, self.num_scales + 1)], device=counts.device)
         per_image = torch.cat([torch.ones_like(counts[:, :1]), counts], dim=1)
-        per_image_host = per_image.cpu()
-        seqlens = per_image_host.sum(1).tolist()
-        totals = per_image_host[:, 1:].sum(0).tolist()
-        output_mask = torch.repeat_interleave(
-            scale_labels.repeat(counts.shape[0]), per_image.flatten(), output_size=sum(seqlens)
-        )
-        return masks, output_mask, seqlens, totals
+        return torch.repeat_interleave(labels.repeat(counts.shape[0]), per_image.flatten(), output_size=sum(seqlens))
 
     def construct_patch_groups(self, images: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cut the kept patches of every scale, in (batch, row, column) order.
@@ -251,11 +249,11 @@ class PatchTokenizer(nn.Module):
         ``2**s`` with ``align_corners=False`` reads pixels inside the patch only,
         so this equals resizing the whole padded image and cutting it.
         """
-        return self._groups(images, masks, None)
-
-    def _groups(self, images, masks, totals):
         if images.device.type == "cuda" and triton_available():
-            return self._groups_triton(images, masks, totals)
+            return self._groups_triton(images, masks)[0]
+        return self._groups(images, masks)
+
+    def _groups(self, images, masks):
         base = self.base_patch_size
         height, width = images.shape[-2:]
         if not _numba_gather(images):
@@ -280,22 +278,44 @@ class PatchTokenizer(nn.Module):
             )
         return groups
 
-    def _groups_triton(self, images, masks, totals):
-        """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot."""
+    def _groups_triton(self, images, masks, counts_host=None, seqlens=None):
+        """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot.
+
+        With ``seqlens`` the same programs also write the packed ``token_boxes`` and ``output_mask``, each
+        token at its place in its image's sequence; returns ``(groups, output_mask, token_boxes)``.
+        """
         from ._entropy_cuda import patch_groups_triton
 
-        if totals is None:
-            totals = torch.stack([masks[size].sum() for size in self.patch_sizes]).long().tolist()
+        if counts_host is None:
+            counts_host = torch.stack([masks[size].flatten(1).sum(1) for size in self.patch_sizes], 1).long().cpu()
+        totals = counts_host.sum(0).tolist()
+        batch, scales = counts_host.shape
+        output_mask = token_boxes = deltas = None
+        if seqlens is not None:
+            starts = torch.tensor([0, *seqlens[:-1]]).cumsum(0)
+            # Packed place of scale-s slot n of image b: n + start[b] + 1 + tokens of b at finer scales
+            # - tokens of the images before b at scale s.
+            deltas = (starts[:, None] + 1 + counts_host.cumsum(1) - counts_host - counts_host.cumsum(0) + counts_host)
+            class_rows = torch.stack([torch.arange(batch), torch.full((batch,), -1), torch.full((batch,), -1),
+                                      torch.zeros(batch, dtype=torch.int64)], 1)
+            host = torch.cat([deltas.T.flatten(), starts, class_rows.flatten()]).to(images.device)
+            deltas, starts = host[: batch * scales].view(scales, batch), host[batch * scales : batch * (scales + 1)]
+            token_boxes = torch.empty(sum(seqlens), 4, dtype=torch.int64, device=images.device)
+            output_mask = torch.empty(sum(seqlens), dtype=torch.int64, device=images.device)
+            token_boxes[starts] = host[batch * (scales + 1) :].view(batch, 4)
+            output_mask[starts] = CLASS_TOKEN
         groups = {}
         for scale, size in enumerate(self.patch_sizes):
             keep = masks[size] > 0
-            resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, self.base_patch_size)
+            packed = None if deltas is None else (token_boxes, output_mask, deltas[scale], scale + 1)
+            resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, self.base_patch_size,
+                                                       packed)
             groups[f"resized_patches_{size}"] = resized
             if full is not None:
                 groups[f"full_patches_{size}"] = full
             groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
             groups[f"token_boxes_{size}"] = boxes
-        return groups
+        return groups, output_mask, token_boxes
 
     def forward(self, images: torch.Tensor, importance_maps: dict[int, torch.Tensor] | None = None) -> dict:
         """Tokenize normalised ``images`` ``(B, C, H, W)``.
@@ -312,8 +332,14 @@ class PatchTokenizer(nn.Module):
         self._check_input(images)
         if importance_maps is None:
             importance_maps = self._importance_maps(images)
-        masks, output_mask, seqlens, totals = self._masks(importance_maps)
-        out = self._groups(images, masks, totals)
+        masks, counts, counts_host = self._select(importance_maps)
+        seqlens = (counts_host.sum(1) + 1).tolist()
+        if images.device.type == "cuda" and triton_available():
+            out, output_mask, token_boxes = self._groups_triton(images, masks, counts_host, seqlens)
+        else:
+            out = self._groups(images, masks)
+            output_mask = self._output_mask(counts, seqlens)
+            token_boxes = self._packed_boxes(out, images.shape[0], images.device)
         out["masks"] = masks
         out["output_mask"] = output_mask
         out["seqlens"] = seqlens
@@ -322,7 +348,7 @@ class PatchTokenizer(nn.Module):
         out["max_seqlen"] = max(seqlens)
         height, width = self.image_size
         out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
-        out["token_boxes"] = self._packed_boxes(out, images.shape[0], images.device)
+        out["token_boxes"] = token_boxes
         return out
 
     def _packed_boxes(self, groups: dict, batch: int, device) -> torch.Tensor:
