@@ -19,7 +19,7 @@ from .entropy import (
     triton_available,
 )
 from .scorers import compute_importance_maps, scorer_options
-from .selection import select_patches_by_threshold, tokens_per_scale
+from .selection import select_patches_by_threshold
 
 CLASS_TOKEN = -1
 

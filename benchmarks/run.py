@@ -16,13 +16,11 @@ import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -197,7 +195,7 @@ def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8,
     from apt_research.vit import ViTEncoder, attention_kernel
 
     lines = [
-        f"| model | resolution | batch | retention | measured speedup (packed APT vs uniform) | cost model | img/s uniform | img/s APT |",
+        "| model | resolution | batch | retention | measured speedup (packed APT vs uniform) | cost model | img/s uniform | img/s APT |",
         "|---|---|---|---|---|---|---|---|",
     ]
     records = []

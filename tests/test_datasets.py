@@ -8,7 +8,6 @@ from skimage import data
 
 from apt_research import compute_patch_entropy_batched
 from apt_research.datasets import (
-    RESIZE_POLICIES,
     SKIMAGE_NAMES,
     iter_batches,
     iter_images,

@@ -1,6 +1,5 @@
 """Entropy maps against the per-patch torch.histc reference (spec section 1)."""
 
-import numpy as np
 import pytest
 import torch
 

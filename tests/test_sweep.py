@@ -11,13 +11,12 @@ from pathlib import Path
 import pandas as pd
 import papermill
 import pytest
-import torch
 import yaml
 
 from apt_research import compute_patch_entropy_batched, select_patches_by_threshold, token_counts
 from apt_research.cli import main
 from apt_research.datasets import iter_images, skimage_dataset
-from apt_research.sweep.runner import DirectoryLock, SweepLocked, is_finished
+from apt_research.sweep.runner import DirectoryLock, SweepLocked
 from apt_research.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apt_research import PatchTokenizer, compute_patch_entropy_batched, select_patches_by_threshold
+from apt_research import PatchTokenizer
 
 import reference
 from conftest import skimage_batch
