@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from apt_research.costmodel import predicted_speedup, vit_flops, vit_memory_bytes, vit_params
+from apt_research.costmodel import predicted_speedup, tokenizer_ops, vit_flops, vit_memory_bytes, vit_params
 from apt_research.vit import ViTEncoder, packed_attention
 
 
@@ -49,3 +49,9 @@ def test_fewer_tokens_predict_a_speedup():
     assert vit_memory_bytes(100) < vit_memory_bytes(197)
     with pytest.raises(ValueError, match="model must be one of .*'vit_x'"):
         vit_flops(197, "vit_x")
+
+
+def test_tokenizer_cost_is_small_next_to_the_vit():
+    # grayscale (2 per channel), bin (2), one count per scale (2 each): 14 operations per pixel at 3 scales
+    assert tokenizer_ops(224, 224, 3) == 224 * 224 * 14
+    assert tokenizer_ops(224, 224, 3) < 1e-3 * vit_flops(197, "vit_b")
