@@ -14,7 +14,7 @@ from .selection import (
     token_counts,
     tokens_per_scale,
 )
-from .tokenizer import PatchTokenizer
+from .tokenizer import PatchTokenizer, patch_groups
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "compute_importance_maps",
     "compute_patch_entropy_batched",
     "grayscale",
+    "patch_groups",
     "patch_histograms",
     "register_scorer",
     "retention",

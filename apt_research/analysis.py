@@ -17,7 +17,7 @@ from einops import rearrange
 
 from .entropy import grid_shape
 from .selection import base_grid_tokens, tokens_per_scale
-from .tokenizer import PatchTokenizer
+from .tokenizer import patch_groups
 
 ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
 
@@ -30,9 +30,7 @@ def reconstruct(pixels: torch.Tensor, masks: dict[int, torch.Tensor], base_patch
     (bilinear) and written into its region.
     """
     sizes = sorted(masks)
-    tokenizer = PatchTokenizer(len(sizes), base_patch_size, tuple(pixels.shape[-2:]), [0.0] * (len(sizes) - 1),
-                               [0.0], [1.0])
-    groups = tokenizer.construct_patch_groups(pixels.float(), masks)
+    groups = patch_groups(pixels.float(), masks, base_patch_size)
     height, width = pixels.shape[-2:]
     rows, cols = grid_shape(height, width, sizes[-1])
     canvas = torch.zeros(pixels.shape[0], pixels.shape[1], rows * sizes[-1], cols * sizes[-1], device=pixels.device)

@@ -89,6 +89,90 @@ def downsample_patches(patches: torch.Tensor, factor: int) -> torch.Tensor:
     ) + 0.25 * rows_b[..., first::factor] + 0.25 * rows_b[..., first + 1 :: factor]
 
 
+def patch_groups(images: torch.Tensor, masks: dict[int, torch.Tensor], base_patch_size: int) -> dict[str, torch.Tensor]:
+    """Cut the kept patches of every scale from ``images`` ``(B, C, H, W)``, in (batch, row, column) order.
+
+    Returns ``resized_patches_{p_s}`` ``(N_s, C, p, p)`` (the patch resized by
+    ``0.5**s``, bilinear, no antialias), ``full_patches_{p_s}``
+    ``(N_s, 4**s, C, p, p)`` for s >= 1 (its base patches, row-major),
+    ``pos_embed_mask_{p_s}`` ``(B, h_s * w_s)`` bool and ``token_boxes_{p_s}``
+    ``(N_s, 4)`` int64 rows ``(image, y0, x0, side)`` in pixels; ``p`` is
+    ``base_patch_size``. The images may hold pixels or normalised values.
+
+    Only the kept patches are gathered and resized: bilinear downsampling by
+    ``2**s`` with ``align_corners=False`` reads pixels inside the patch only, so
+    this equals resizing the whole padded image and cutting it.
+    """
+    if images.device.type == "cuda" and triton_available():
+        return _patch_groups_triton(images, masks, base_patch_size)[0]
+    return _patch_groups_gather(images, masks, base_patch_size)
+
+
+def _patch_groups_gather(images, masks, base: int) -> dict[str, torch.Tensor]:
+    """CPU (numba copy) or plain torch: gather each scale's kept patches."""
+    height, width = images.shape[-2:]
+    if not _numba_gather(images):
+        rows, cols = grid_shape(height, width, base)
+        if (rows * base, cols * base) != (height, width):
+            images = F.pad(images, (0, cols * base - width, 0, rows * base - height))
+    groups = {}
+    for scale, size in enumerate(sorted(masks)):
+        keep = masks[size].bool()
+        image_idx, row_idx, col_idx = keep.nonzero(as_tuple=True)
+        patches = _gather_patches(images, image_idx, row_idx, col_idx, size)
+        if scale == 0:
+            groups[f"resized_patches_{size}"] = patches
+        else:
+            groups[f"resized_patches_{size}"] = downsample_patches(patches, size // base)
+            groups[f"full_patches_{size}"] = rearrange(
+                patches, "n c (n1 p1) (n2 p2) -> n (n1 n2) c p1 p2", p1=base, p2=base
+            )
+        groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
+        groups[f"token_boxes_{size}"] = torch.stack(
+            [image_idx, row_idx * size, col_idx * size, torch.full_like(image_idx, size)], dim=1
+        )
+    return groups
+
+
+def _patch_groups_triton(images, masks, base: int, counts_host=None, seqlens=None):
+    """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot.
+
+    With ``seqlens`` the same programs also write the packed ``token_boxes`` and ``output_mask``, each
+    token at its place in its image's sequence; returns ``(groups, output_mask, token_boxes)``.
+    """
+    from ._entropy_cuda import patch_groups_triton
+
+    if counts_host is None:
+        counts_host = torch.stack([masks[size].flatten(1).sum(1) for size in sorted(masks)], 1).long().cpu()
+    totals = counts_host.sum(0).tolist()
+    batch, scales = counts_host.shape
+    output_mask = token_boxes = deltas = None
+    if seqlens is not None:
+        starts = torch.tensor([0, *seqlens[:-1]]).cumsum(0)
+        # Packed place of scale-s slot n of image b: n + start[b] + 1 + tokens of b at finer scales
+        # - tokens of the images before b at scale s.
+        deltas = (starts[:, None] + 1 + counts_host.cumsum(1) - counts_host - counts_host.cumsum(0) + counts_host)
+        class_rows = torch.stack([torch.arange(batch), torch.full((batch,), -1), torch.full((batch,), -1),
+                                  torch.zeros(batch, dtype=torch.int64)], 1)
+        host = torch.cat([deltas.T.flatten(), starts, class_rows.flatten()]).to(images.device)
+        deltas, starts = host[: batch * scales].view(scales, batch), host[batch * scales : batch * (scales + 1)]
+        token_boxes = torch.empty(sum(seqlens), 4, dtype=torch.int64, device=images.device)
+        output_mask = torch.empty(sum(seqlens), dtype=torch.int64, device=images.device)
+        token_boxes[starts] = host[batch * (scales + 1) :].view(batch, 4)
+        output_mask[starts] = CLASS_TOKEN
+    groups = {}
+    for scale, size in enumerate(sorted(masks)):
+        keep = masks[size] > 0
+        packed = None if deltas is None else (token_boxes, output_mask, deltas[scale], scale + 1)
+        resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, base, packed)
+        groups[f"resized_patches_{size}"] = resized
+        if full is not None:
+            groups[f"full_patches_{size}"] = full
+        groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
+        groups[f"token_boxes_{size}"] = boxes
+    return groups, output_mask, token_boxes
+
+
 class PatchTokenizer(nn.Module):
     """Adaptive patch tokenizer: large patches where the image is flat, small ones where it is busy.
 
@@ -237,85 +321,8 @@ class PatchTokenizer(nn.Module):
         return torch.repeat_interleave(labels.repeat(counts.shape[0]), per_image.flatten(), output_size=sum(seqlens))
 
     def construct_patch_groups(self, images: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Cut the kept patches of every scale, in (batch, row, column) order.
-
-        Returns ``resized_patches_{p_s}`` ``(N_s, C, p, p)`` (the patch resized
-        by ``0.5**s``, bilinear, no antialias), ``full_patches_{p_s}``
-        ``(N_s, 4**s, C, p, p)`` for s >= 1 (its base patches, row-major),
-        ``pos_embed_mask_{p_s}`` ``(B, h_s * w_s)`` bool and ``token_boxes_{p_s}``
-        ``(N_s, 4)`` int64 rows ``(image, y0, x0, side)`` in pixels.
-
-        Only the kept patches are gathered and resized: bilinear downsampling by
-        ``2**s`` with ``align_corners=False`` reads pixels inside the patch only,
-        so this equals resizing the whole padded image and cutting it.
-        """
-        if images.device.type == "cuda" and triton_available():
-            return self._groups_triton(images, masks)[0]
-        return self._groups(images, masks)
-
-    def _groups(self, images, masks):
-        base = self.base_patch_size
-        height, width = images.shape[-2:]
-        if not _numba_gather(images):
-            rows, cols = grid_shape(height, width, base)
-            if (rows * base, cols * base) != (height, width):
-                images = F.pad(images, (0, cols * base - width, 0, rows * base - height))
-        groups = {}
-        for scale, size in enumerate(self.patch_sizes):
-            keep = masks[size].bool()
-            image_idx, row_idx, col_idx = keep.nonzero(as_tuple=True)
-            patches = _gather_patches(images, image_idx, row_idx, col_idx, size)
-            if scale == 0:
-                groups[f"resized_patches_{size}"] = patches
-            else:
-                groups[f"resized_patches_{size}"] = downsample_patches(patches, size // base)
-                groups[f"full_patches_{size}"] = rearrange(
-                    patches, "n c (n1 p1) (n2 p2) -> n (n1 n2) c p1 p2", p1=base, p2=base
-                )
-            groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
-            groups[f"token_boxes_{size}"] = torch.stack(
-                [image_idx, row_idx * size, col_idx * size, torch.full_like(image_idx, size)], dim=1
-            )
-        return groups
-
-    def _groups_triton(self, images, masks, counts_host=None, seqlens=None):
-        """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot.
-
-        With ``seqlens`` the same programs also write the packed ``token_boxes`` and ``output_mask``, each
-        token at its place in its image's sequence; returns ``(groups, output_mask, token_boxes)``.
-        """
-        from ._entropy_cuda import patch_groups_triton
-
-        if counts_host is None:
-            counts_host = torch.stack([masks[size].flatten(1).sum(1) for size in self.patch_sizes], 1).long().cpu()
-        totals = counts_host.sum(0).tolist()
-        batch, scales = counts_host.shape
-        output_mask = token_boxes = deltas = None
-        if seqlens is not None:
-            starts = torch.tensor([0, *seqlens[:-1]]).cumsum(0)
-            # Packed place of scale-s slot n of image b: n + start[b] + 1 + tokens of b at finer scales
-            # - tokens of the images before b at scale s.
-            deltas = (starts[:, None] + 1 + counts_host.cumsum(1) - counts_host - counts_host.cumsum(0) + counts_host)
-            class_rows = torch.stack([torch.arange(batch), torch.full((batch,), -1), torch.full((batch,), -1),
-                                      torch.zeros(batch, dtype=torch.int64)], 1)
-            host = torch.cat([deltas.T.flatten(), starts, class_rows.flatten()]).to(images.device)
-            deltas, starts = host[: batch * scales].view(scales, batch), host[batch * scales : batch * (scales + 1)]
-            token_boxes = torch.empty(sum(seqlens), 4, dtype=torch.int64, device=images.device)
-            output_mask = torch.empty(sum(seqlens), dtype=torch.int64, device=images.device)
-            token_boxes[starts] = host[batch * (scales + 1) :].view(batch, 4)
-            output_mask[starts] = CLASS_TOKEN
-        groups = {}
-        for scale, size in enumerate(self.patch_sizes):
-            keep = masks[size] > 0
-            packed = None if deltas is None else (token_boxes, output_mask, deltas[scale], scale + 1)
-            resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, self.base_patch_size,
-                                                       packed)
-            groups[f"resized_patches_{size}"] = resized
-            if full is not None:
-                groups[f"full_patches_{size}"] = full
-            groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
-            groups[f"token_boxes_{size}"] = boxes
-        return groups, output_mask, token_boxes
+        """Cut the kept patches of every scale, in (batch, row, column) order (see ``patch_groups``)."""
+        return patch_groups(images, masks, self.base_patch_size)
 
     def forward(self, images: torch.Tensor, importance_maps: dict[int, torch.Tensor] | None = None) -> dict:
         """Tokenize normalised ``images`` ``(B, C, H, W)``.
@@ -335,9 +342,10 @@ class PatchTokenizer(nn.Module):
         masks, counts, counts_host = self._select(importance_maps)
         seqlens = (counts_host.sum(1) + 1).tolist()
         if images.device.type == "cuda" and triton_available():
-            out, output_mask, token_boxes = self._groups_triton(images, masks, counts_host, seqlens)
+            out, output_mask, token_boxes = _patch_groups_triton(images, masks, self.base_patch_size, counts_host,
+                                                                 seqlens)
         else:
-            out = self._groups(images, masks)
+            out = _patch_groups_gather(images, masks, self.base_patch_size)
             output_mask = self._output_mask(counts, seqlens)
             token_boxes = self._packed_boxes(out, images.shape[0], images.device)
         out["masks"] = masks
