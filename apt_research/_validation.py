@@ -22,8 +22,11 @@ def check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def check_images(images, name: str = "images", *, pixel_range: bool = True) -> torch.Tensor:
+def check_images(images, name: str = "images", *, pixel_range: bool = True, values: bool = True) -> torch.Tensor:
     """Check a ``(B, C, H, W)`` image batch with C in {1, 3}.
+
+    ``values=False`` checks the shape and dtype only (the caller checks the values: the fused CUDA
+    kernels do, without a pass over the batch of their own and a host sync).
 
     With ``pixel_range`` the values must lie in ``[0, 255]``; a batch whose
     values all lie in ``[0, 1]`` draws a warning, since every patch would then
@@ -42,7 +45,7 @@ def check_images(images, name: str = "images", *, pixel_range: bool = True) -> t
         raise ValueError(f"{name} must have a positive height and width, got shape {tuple(images.shape)}")
     if images.dtype == torch.bool or images.is_complex():
         raise TypeError(f"{name} must hold real numbers (float or uint8), got dtype {images.dtype}")
-    if images.dtype == torch.uint8:
+    if images.dtype == torch.uint8 or not values:
         return images
     low, high = torch.stack(torch.aminmax(images.detach().float())).tolist()
     if not (math.isfinite(low) and math.isfinite(high)):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ._validation import check_images, check_int, check_thresholds
+from ._validation import check_images, check_int, check_maps, check_thresholds
 from .entropy import (
     denormalize_pixels,
     entropy_maps_unchecked,
@@ -104,7 +105,7 @@ def patch_groups(images: torch.Tensor, masks: dict[int, torch.Tensor], base_patc
     this equals resizing the whole padded image and cutting it.
     """
     if images.device.type == "cuda" and triton_available():
-        return _patch_groups_triton(images, masks, base_patch_size)[0]
+        return _patch_groups_triton(images, masks, base_patch_size)
     return _patch_groups_gather(images, masks, base_patch_size)
 
 
@@ -134,43 +135,21 @@ def _patch_groups_gather(images, masks, base: int) -> dict[str, torch.Tensor]:
     return groups
 
 
-def _patch_groups_triton(images, masks, base: int, counts_host=None, seqlens=None):
-    """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot.
-
-    With ``seqlens`` the same programs also write the packed ``token_boxes`` and ``output_mask``, each
-    token at its place in its image's sequence; returns ``(groups, output_mask, token_boxes)``.
-    """
+def _patch_groups_triton(images, masks, base: int) -> dict[str, torch.Tensor]:
+    """CUDA: one Triton program per grid cell writes each kept patch (resized, full, box) to its slot."""
     from ._entropy_cuda import patch_groups_triton
 
-    if counts_host is None:
-        counts_host = torch.stack([masks[size].flatten(1).sum(1) for size in sorted(masks)], 1).long().cpu()
-    totals = counts_host.sum(0).tolist()
-    batch, scales = counts_host.shape
-    output_mask = token_boxes = deltas = None
-    if seqlens is not None:
-        starts = torch.tensor([0, *seqlens[:-1]]).cumsum(0)
-        # Packed place of scale-s slot n of image b: n + start[b] + 1 + tokens of b at finer scales
-        # - tokens of the images before b at scale s.
-        deltas = (starts[:, None] + 1 + counts_host.cumsum(1) - counts_host - counts_host.cumsum(0) + counts_host)
-        class_rows = torch.stack([torch.arange(batch), torch.full((batch,), -1), torch.full((batch,), -1),
-                                  torch.zeros(batch, dtype=torch.int64)], 1)
-        host = torch.cat([deltas.T.flatten(), starts, class_rows.flatten()]).to(images.device)
-        deltas, starts = host[: batch * scales].view(scales, batch), host[batch * scales : batch * (scales + 1)]
-        token_boxes = torch.empty(sum(seqlens), 4, dtype=torch.int64, device=images.device)
-        output_mask = torch.empty(sum(seqlens), dtype=torch.int64, device=images.device)
-        token_boxes[starts] = host[batch * (scales + 1) :].view(batch, 4)
-        output_mask[starts] = CLASS_TOKEN
+    totals = torch.stack([masks[size].flatten(1).sum(1) for size in sorted(masks)], 1).long().sum(0).tolist()
     groups = {}
     for scale, size in enumerate(sorted(masks)):
         keep = masks[size] > 0
-        packed = None if deltas is None else (token_boxes, output_mask, deltas[scale], scale + 1)
-        resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, base, packed)
+        resized, full, boxes = patch_groups_triton(images, keep, int(totals[scale]), size, base)
         groups[f"resized_patches_{size}"] = resized
         if full is not None:
             groups[f"full_patches_{size}"] = full
         groups[f"pos_embed_mask_{size}"] = keep.flatten(1)
         groups[f"token_boxes_{size}"] = boxes
-    return groups, output_mask, token_boxes
+    return groups
 
 
 class PatchTokenizer(nn.Module):
@@ -240,6 +219,7 @@ class PatchTokenizer(nn.Module):
         # The reference undoes the normalisation as a second one, (x - m') / s'; kept for exact token counts.
         self.register_buffer("unnorm_mean", (-mean_t / std_t).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", (1.0 / std_t).view(1, -1, 1, 1), persistent=False)
+        self._threshold_cache = None
 
     def extra_repr(self) -> str:
         return (
@@ -247,8 +227,8 @@ class PatchTokenizer(nn.Module):
             f"thresholds={self.thresholds}, method={self.method!r}"
         )
 
-    def _check_input(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, pixel_range=False)
+    def _check_input(self, images: torch.Tensor, values: bool = True) -> torch.Tensor:
+        check_images(images, pixel_range=False, values=values)
         height, width = images.shape[-2:]
         if (height, width) != self.image_size:
             raise ValueError(
@@ -272,9 +252,12 @@ class PatchTokenizer(nn.Module):
         self._check_input(images)
         return self._importance_maps(images)
 
+    def _entropy_options(self) -> dict:
+        return {"bins": 512, "backend": "auto", **self.method_options}
+
     def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         if self.method == "entropy":
-            options = {"bins": 512, "backend": "auto", **self.method_options}
+            options = self._entropy_options()
             return entropy_maps_unchecked(
                 images,
                 self.base_patch_size,
@@ -336,28 +319,130 @@ class PatchTokenizer(nn.Module):
         ``(sum(seqlens), 4)`` aligned with ``output_mask`` (class tokens:
         ``(image, -1, -1, 0)``).
         """
-        self._check_input(images)
+        fused = images.device.type == "cuda" and triton_available()
+        # The fused entropy kernel checks the values itself: no pass over the batch, no host sync.
+        kernel_checks = (fused and importance_maps is None and self.method == "entropy"
+                         and self._entropy_options()["backend"] in ("auto", "triton"))
+        self._check_input(images, values=not kernel_checks)
+        if importance_maps is not None:
+            self._check_importance_maps(importance_maps, images)
+        if fused:
+            out = self._forward_triton(images, importance_maps)
+        else:
+            out = self._forward_gather(images, importance_maps)
+        seqlens = out["seqlens"]
+        out["max_seqlen"] = max(seqlens)
+        height, width = self.image_size
+        out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
+        return out
+
+    def _forward_gather(self, images, importance_maps) -> dict:
+        """CPU (numba) or plain torch forward."""
         if importance_maps is None:
             importance_maps = self._importance_maps(images)
         masks, counts, counts_host = self._select(importance_maps)
         seqlens = (counts_host.sum(1) + 1).tolist()
-        if images.device.type == "cuda" and triton_available():
-            out, output_mask, token_boxes = _patch_groups_triton(images, masks, self.base_patch_size, counts_host,
-                                                                 seqlens)
-        else:
-            out = _patch_groups_gather(images, masks, self.base_patch_size)
-            output_mask = self._output_mask(counts, seqlens)
-            token_boxes = self._packed_boxes(out, images.shape[0], images.device)
+        out = _patch_groups_gather(images, masks, self.base_patch_size)
         out["masks"] = masks
-        out["output_mask"] = output_mask
+        out["output_mask"] = self._output_mask(counts, seqlens)
         out["seqlens"] = seqlens
         seq_tensor = torch.tensor([0] + seqlens, dtype=torch.int64, device=images.device)
         out["cu_seqlens"] = seq_tensor.cumsum(0).to(torch.int32)
-        out["max_seqlen"] = max(seqlens)
-        height, width = self.image_size
-        out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
+        out["token_boxes"] = self._packed_boxes(out, images.shape[0], images.device)
+        return out
+
+    def _thresholds_on(self, device) -> torch.Tensor:
+        """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); copied once."""
+        key = (tuple(self.thresholds), str(device))
+        if self._threshold_cache is None or self._threshold_cache[0] != key:
+            values = torch.tensor([0.0, *self.thresholds], dtype=torch.float32, device=device)
+            self._threshold_cache = (key, values)
+        return self._threshold_cache[1]
+
+    def _forward_triton(self, images, importance_maps) -> dict:
+        """CUDA forward in a handful of launches and one host sync.
+
+        Entropy kernel per scale into one flat buffer (with the input check folded into the scale-0
+        kernel), one selection kernel for every scale's mask, per-image slots and counts, one copy of the
+        counts to the host, one copy of the packing offsets back, and one grouping kernel per scale that
+        writes the patches, their boxes, the packed boxes and labels, and (scale 0) the class tokens.
+        """
+        from ._entropy_cuda import entropy_flat_triton, patch_groups_triton, select_triton
+
+        batch, _, height, width = images.shape
+        sizes, num_scales, base = self.patch_sizes, self.num_scales, self.base_patch_size
+        kernel_checks = False
+        if importance_maps is None:
+            options = self._entropy_options()
+            if self.method == "entropy" and options["backend"] in ("auto", "triton"):
+                flat, importance_maps = entropy_flat_triton(
+                    images, base, num_scales, options["bins"], self.pad_value,
+                    (self.unnorm_mean, self.unnorm_std), check_finite=True,
+                )
+                kernel_checks = True
+            else:
+                importance_maps = self._importance_maps(images)
+        if not kernel_checks:
+            flat = torch.cat([importance_maps[size].reshape(-1).float() for size in sizes])
+        grids = [grid_shape(height, width, size) for size in sizes]
+        masks_flat, keep, slots, counts = select_triton(flat, self._thresholds_on(flat.device), batch, *grids[0],
+                                                        num_scales)
+        counts = counts.cpu().numpy()  # the one host sync
+        for column, word in ((num_scales, "a nan"), (num_scales + 1, "an inf")):
+            bad = np.flatnonzero(counts[:, column])
+            if bad.size:
+                raise ValueError(
+                    f"images must be finite, got {word} value in image {int(bad[0])} of the batch; "
+                    "expected normalised pixel values"
+                )
+        kept = counts[:, :num_scales].astype(np.int64)
+        seqlens = kept.sum(1) + 1
+        cu_seqlens = np.concatenate([[0], np.cumsum(seqlens)])
+        offsets = np.cumsum(kept, 0) - kept  # kept patches of the images before, per scale
+        packed_starts = cu_seqlens[:-1, None] + 1 + np.cumsum(kept, 1) - kept  # first token of (image, scale)
+        ints = torch.from_numpy(np.concatenate([offsets.T.ravel(), packed_starts.T.ravel(), cu_seqlens])
+                                .astype(np.int32)).to(images.device)
+        offsets = ints[: batch * num_scales].view(num_scales, batch)
+        packed_starts = ints[batch * num_scales : 2 * batch * num_scales].view(num_scales, batch)
+        cu = ints[2 * batch * num_scales :]
+        token_boxes = torch.empty(int(cu_seqlens[-1]), 4, dtype=torch.int64, device=images.device)
+        output_mask = torch.empty(int(cu_seqlens[-1]), dtype=torch.int64, device=images.device)
+        out, masks, start = {}, {}, 0
+        for scale, (size, (rows, cols)) in enumerate(zip(sizes, grids)):
+            cells = slice(start, start + batch * rows * cols)
+            start += batch * rows * cols
+            keep_scale = keep[cells].view(batch, rows, cols)
+            resized, full, boxes = patch_groups_triton(
+                images, keep_scale, int(kept[:, scale].sum()), size, base,
+                packed=(token_boxes, output_mask, packed_starts[scale], scale + 1),
+                slots=slots[cells], offsets=offsets[scale], class_starts=cu[:-1] if scale == 0 else None,
+            )
+            out[f"resized_patches_{size}"] = resized
+            if full is not None:
+                out[f"full_patches_{size}"] = full
+            out[f"pos_embed_mask_{size}"] = keep_scale.view(torch.bool).view(batch, rows * cols)
+            out[f"token_boxes_{size}"] = boxes
+            masks[size] = masks_flat[cells].view(batch, rows, cols)
+        out["masks"] = masks
+        out["output_mask"] = output_mask
+        out["seqlens"] = seqlens.tolist()
+        out["cu_seqlens"] = cu
         out["token_boxes"] = token_boxes
         return out
+
+    def _check_importance_maps(self, maps, images: torch.Tensor) -> None:
+        sizes = check_maps(maps, "importance_maps")
+        if sizes != self.patch_sizes:
+            raise ValueError(f"importance_maps must have the patch sizes {self.patch_sizes} of this tokenizer, "
+                             f"got {sizes}")
+        expected = (images.shape[0], *grid_shape(*self.image_size, self.base_patch_size))
+        got = tuple(maps[sizes[0]].shape)
+        if got != expected:
+            raise ValueError(f"importance_maps[{sizes[0]}] must have shape {expected} for these images, got {got}")
+        for size in sizes:
+            if maps[size].device != images.device:
+                raise ValueError(f"importance_maps[{size}] is on {maps[size].device}, the images on {images.device}; "
+                                 "expected the same device")
 
     def _packed_boxes(self, groups: dict, batch: int, device) -> torch.Tensor:
         class_boxes = torch.tensor([[0, -1, -1, 0]], device=device).repeat(batch, 1)

@@ -1,22 +1,14 @@
-import numpy as np
+import os
+
 import pytest
 import torch
-import torch.nn.functional as F
-from skimage import data
+
+from images import skimage_batch  # noqa: F401  (tests import it from here)
 
 BACKENDS = ["numba", "torch"]
 
-
-def skimage_batch(height: int, width: int, names=("astronaut", "camera", "coffee", "chelsea")) -> torch.Tensor:
-    """Real images from skimage.data resized to height x width, pixels in [0, 255] float32, (B, 3, H, W)."""
-    images = []
-    for name in names:
-        array = getattr(data, name)()
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float()[None]
-        images.append(F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False))
-    return torch.cat(images).clamp(0, 255)
+# tests/interpreted runs only under TRITON_INTERPRET=1, started by tests/test_triton_kernels.py.
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreted"]
 
 
 @pytest.fixture(scope="session")

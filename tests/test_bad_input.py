@@ -102,3 +102,18 @@ def test_tokenizer_arguments():
     tokenizer = PatchTokenizer(2, 16, (32, 48), [5.0], [0.5] * 3, [0.5] * 3)
     with pytest.raises(ValueError, match=r"height x width 32 x 32, but this tokenizer was built for image_size 32 x 48"):
         tokenizer(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("maps,words", [
+    ({16: torch.zeros(2, 4, 4), 32: torch.zeros(2, 2, 2)}, ["importance_maps", "patch sizes", "[16, 32, 64]"]),
+    ({16: torch.zeros(2, 5, 5), 32: torch.zeros(2, 3, 3), 64: torch.zeros(2, 2, 2)},
+     ["importance_maps[16]", "(2, 4, 4)", "(2, 5, 5)"]),
+    ({16: torch.zeros(3, 4, 4), 32: torch.zeros(3, 2, 2), 64: torch.zeros(3, 1, 1)},
+     ["importance_maps[16]", "(2, 4, 4)", "(3, 4, 4)"]),
+])
+def test_forward_with_mismatched_importance_maps(maps, words):
+    tokenizer = PatchTokenizer(3, 16, 64, [5.0, 4.0])
+    with pytest.raises(ValueError) as info:
+        tokenizer(torch.zeros(2, 3, 64, 64), importance_maps=maps)
+    for word in words:
+        assert word in str(info.value)

@@ -65,3 +65,13 @@ def test_cuda_patch_groups_equal_cpu(custom_maps):
         if isinstance(value, torch.Tensor):
             assert torch.allclose(gpu[key].cpu().to(value.dtype), value, atol=1e-6), key
     assert gpu["seqlens"] == cpu["seqlens"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_cuda_forward_rejects_non_finite(value):
+    """On CUDA the entropy kernel checks the values (no pass of its own): the error is the same in kind."""
+    images = torch.randn(3, 3, 45, 45)
+    images[2, 0, 44, 40] = value
+    tokenizer = PatchTokenizer(2, 16, 45, [5.0]).cuda()
+    with pytest.raises(ValueError, match=r"images must be finite, got an? (nan|inf) value in image 2"):
+        tokenizer(images.cuda())

@@ -1,0 +1,103 @@
+"""The CUDA path's Triton kernels, run by Triton's interpreter on CPU tensors, against the CPU path.
+
+The fused forward (entropy kernels into one buffer, the selection kernel, the grouping kernels with the
+packed sequence and class tokens) must give exactly what the CPU path gives: same seqlens, masks,
+patches, boxes, labels and dtypes. A real GPU runs the same checks in ``tests/test_cuda.py``.
+"""
+
+import math
+
+import pytest
+import torch
+
+import reference
+from apt_research import PatchTokenizer
+from apt_research._entropy_cuda import entropy_flat_triton
+from apt_research.tokenizer import _patch_groups_gather, _patch_groups_triton
+from images import skimage_batch
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def normalised(height, width, names=("astronaut", "camera")):
+    pixels = skimage_batch(height, width, names)
+    return (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def median_thresholds(images, num_scales, base):
+    """Thresholds just above the median interior score of each scale, so that every scale keeps patches."""
+    probe = PatchTokenizer(num_scales, base, tuple(images.shape[-2:]), [0.0] * (num_scales - 1), MEAN, STD)
+    maps = probe.compute_importance_maps(images)
+    sizes = sorted(maps)[1:]
+    return [float(maps[size][maps[size] < 1e5].median()) + 1e-3 for size in sizes]
+
+
+def assert_same(fused: dict, cpu: dict):
+    assert fused.keys() == cpu.keys()
+    for key, value in cpu.items():
+        if key == "masks":
+            for size in value:
+                assert torch.equal(fused[key][size], value[size]), (key, size)
+        elif isinstance(value, torch.Tensor):
+            assert fused[key].dtype == value.dtype and fused[key].shape == value.shape, key
+            assert torch.equal(fused[key], value), key
+        else:
+            assert fused[key] == value, key
+
+
+@pytest.mark.parametrize("height,width,base,num_scales", [
+    (64, 64, 16, 3), (61, 97, 14, 3), (40, 72, 16, 2), (32, 48, 16, 1), (70, 70, 8, 4),
+])
+def test_fused_forward_equals_cpu(height, width, base, num_scales):
+    images = normalised(height, width)
+    thresholds = median_thresholds(images, num_scales, base)
+    tokenizer = PatchTokenizer(num_scales, base, (height, width), thresholds, MEAN, STD)
+    cpu = tokenizer(images)
+    fused = tokenizer._forward_triton(images, None)
+    fused["max_seqlen"], fused["retained_frac"] = cpu["max_seqlen"], cpu["retained_frac"]
+    assert_same(fused, cpu)
+    if num_scales > 1:  # the case does exercise merging at every scale
+        assert all(int(cpu["masks"][size].sum()) > 0 for size in cpu["masks"])
+
+
+def test_fused_forward_with_custom_maps():
+    """Caller's maps, including large patches that stick out of the image (zero padding inside them)."""
+    images = torch.randn(3, 3, 61, 97)
+    tokenizer = PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], MEAN, STD)
+    maps = {14: torch.zeros(3, 5, 7), 28: torch.zeros(3, 3, 4), 56: torch.rand(3, 2, 2) * 2}
+    maps[56][1] = 9.0  # image 1 keeps no 56-px patch
+    cpu = tokenizer(images, importance_maps=maps)
+    fused = tokenizer._forward_triton(images, maps)
+    fused["max_seqlen"], fused["retained_frac"] = cpu["max_seqlen"], cpu["retained_frac"]
+    assert_same(fused, cpu)
+
+
+@pytest.mark.parametrize("value,word", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "inf")])
+def test_fused_forward_rejects_non_finite(value, word):
+    images = normalised(45, 45)  # a border row and column: bad pixels there are caught too
+    tokenizer = PatchTokenizer(2, 16, (45, 45), [5.0], MEAN, STD)
+    images[1, 2, 44, 44] = value
+    with pytest.raises(ValueError, match=rf"images must be finite, got an? {word} value in image 1"):
+        tokenizer._forward_triton(images, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("bins", [64, 512])
+def test_entropy_kernel_matches_reference(dtype, bins):
+    pixels = skimage_batch(50, 37, ("coffee",)).round().to(dtype)
+    expected = reference.entropy_maps(pixels.float(), 8, 3, bins)
+    flat, maps = entropy_flat_triton(pixels, 8, 3, bins, 1e6)
+    for size in expected:
+        assert float((maps[size] - expected[size]).abs().max()) <= 1e-5
+    assert flat.numel() == sum(m.numel() for m in maps.values())
+
+
+def test_patch_groups_of_given_masks():
+    """``construct_patch_groups`` on CUDA (global slots from a cumulative sum) equals the gather path."""
+    images = normalised(61, 97)
+    tokenizer = PatchTokenizer(3, 14, (61, 97), median_thresholds(images, 3, 14), MEAN, STD)
+    masks = tokenizer.construct_masks(tokenizer.compute_importance_maps(images))[0]
+    fused, cpu = _patch_groups_triton(images, masks, 14), _patch_groups_gather(images, masks, 14)
+    assert fused.keys() == cpu.keys()
+    for key in cpu:
+        assert torch.equal(fused[key], cpu[key]), key
