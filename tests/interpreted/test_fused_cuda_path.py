@@ -101,3 +101,46 @@ def test_patch_groups_of_given_masks():
     assert fused.keys() == cpu.keys()
     for key in cpu:
         assert torch.equal(fused[key], cpu[key]), key
+
+
+def test_fused_forward_issues_only_its_kernels():
+    """Host overhead on CUDA is launches: forward runs no torch compute op, only the 2S + 1 Triton kernels.
+
+    (Allocations, views and the two host copies aside. The interpreter runs on the CPU, where those
+    copies are no-ops; on CUDA they are the counts' copy to the host, the one sync, and the offsets'
+    copy back.)
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.interpreter import InterpretedFunction
+
+    free = {"empty", "empty_like", "empty_strided", "view", "_unsafe_view", "slice", "select", "expand", "detach",
+            "alias", "lift_fresh", "as_strided", "unsqueeze", "_to_copy", "_reshape_alias"}
+    launches, ops, inside = [], [], [False]
+    run = InterpretedFunction.run
+
+    def counting_run(self, *args, **kwargs):
+        launches.append(self.fn.__name__)
+        inside[0] = True
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            inside[0] = False
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not inside[0]:
+                ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    images = normalised(64, 64)
+    tokenizer = PatchTokenizer(3, 16, 64, median_thresholds(images, 3, 16), MEAN, STD)
+    InterpretedFunction.run = counting_run
+    try:
+        with Ops():
+            out = tokenizer._forward_triton(images, None)
+    finally:
+        InterpretedFunction.run = run
+    assert sorted(set(launches)) == ["_entropy_kernel", "_group_kernel", "_select_kernel"]
+    assert len(launches) == 2 * 3 + 1
+    assert [op for op in ops if op not in free] == []
+    assert out["seqlens"]
