@@ -19,6 +19,11 @@ import triton.language as tl
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 
 
+def _pow2(n: int) -> int:
+    """Smallest power of two >= n (``triton.next_power_of_2`` is a constexpr function, slower from the host)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 @triton.jit
 def _pixel(pointers, mask, shift_ptr, scale_ptr, DENORMALIZE: tl.constexpr):
     """``(pixel, raw)``: pixels in [0, 255], padding (``mask`` false) is 0, and the value as loaded.
@@ -129,6 +134,14 @@ def _entropy_kernel(
             tl.store(out + patch, entropy)
 
 
+def _per_channel(values: torch.Tensor, device, channels: int) -> torch.Tensor:
+    """``values`` as ``channels`` contiguous float32 numbers on ``device``; no op when they are already."""
+    if values.device == device and values.dtype == torch.float32 and values.numel() == channels \
+            and values.is_contiguous():
+        return values
+    return values.to(device, torch.float32).flatten().expand(channels).contiguous()
+
+
 def entropy_maps_triton(images, patch_size: int, num_scales: int, bins: int, pad_value: float, denormalize=None,
                         check_finite: bool = False):
     """``{p_s: (B, h_s, w_s)}`` entropy maps of CUDA ``images`` (float32 or uint8, contiguous).
@@ -153,7 +166,7 @@ def entropy_flat_triton(images, patch_size: int, num_scales: int, bins: int, pad
     if denormalize is None:
         shifts = scales = torch.zeros(3, device=images.device)
     else:
-        shifts, scales = (t.to(images.device, torch.float32).flatten().expand(channels_in).contiguous() for t in denormalize)
+        shifts, scales = (_per_channel(t, images.device, channels_in) for t in denormalize)
     batch, channels, height, width = images.shape
     sizes = [patch_size * 2**scale for scale in range(num_scales)]
     grids = [(-(-height // size), -(-width // size)) for size in sizes]
@@ -162,11 +175,11 @@ def entropy_flat_triton(images, patch_size: int, num_scales: int, bins: int, pad
     for scale, (size, (rows, cols)) in enumerate(zip(sizes, grids)):
         out = flat[start : start + batch * rows * cols]
         start += batch * rows * cols
-        size_pow2 = triton.next_power_of_2(size)
-        tile_rows = max(1, min(triton.next_power_of_2(size), 4096 // size_pow2))
+        size_pow2 = _pow2(size)
+        tile_rows = max(1, min(_pow2(size), 4096 // size_pow2))
         # Lanes outside the patch go to a spare bin; without such lanes no spare bin is needed.
         spare = size != size_pow2 or size % tile_rows != 0
-        bins_pow2 = triton.next_power_of_2(bins + 1 if spare else bins)
+        bins_pow2 = _pow2(bins + 1 if spare else bins)
         _entropy_kernel[(batch * rows * cols,)](
             images,
             out,
@@ -277,7 +290,7 @@ def select_triton(flat: torch.Tensor, thresholds: torch.Tensor, batch: int, rows
     keep = torch.empty(flat.shape, dtype=torch.uint8, device=flat.device)
     slots = torch.empty(flat.shape, dtype=torch.int32, device=flat.device)
     counts = torch.empty(batch, num_scales + 2, dtype=torch.int32, device=flat.device)
-    block = max(16, min(1024, triton.next_power_of_2(rows0 * cols0)))
+    block = max(16, min(1024, _pow2(rows0 * cols0)))
     _select_kernel[(batch, num_scales)](
         flat, thresholds, masks, keep, slots, counts, batch, rows0, cols0,
         NUM_SCALES=num_scales, BLOCK=block, enable_fp_fusion=False, num_warps=4 if block <= 256 else 8,
@@ -411,7 +424,7 @@ def patch_groups_triton(images: torch.Tensor, keep: torch.Tensor, count: int, si
             images, flat, slots, offsets if offsets is not None else slots, resized, full, boxes, packed_boxes,
             labels, delta, class_starts if class_starts is not None else slots, label, cells,
             channels, height, width, rows, cols, images.stride(0), images.stride(1), images.stride(2),
-            SIZE=size, BASE=base, BASE_POW2=triton.next_power_of_2(base), FACTOR=factor,
+            SIZE=size, BASE=base, BASE_POW2=_pow2(base), FACTOR=factor,
             HAS_OFFSET=offsets is not None, WRITE_PACKED=packed is not None,
             enable_fp_fusion=False, num_warps=4 if base <= 16 else 8,
         )

@@ -408,19 +408,21 @@ class PatchTokenizer(nn.Module):
         token_boxes = torch.empty(int(cu_seqlens[-1]), 4, dtype=torch.int64, device=images.device)
         output_mask = torch.empty(int(cu_seqlens[-1]), dtype=torch.int64, device=images.device)
         out, masks, start = {}, {}, 0
+        totals = kept.sum(0).tolist()
+        keep_bool = keep.view(torch.bool)
         for scale, (size, (rows, cols)) in enumerate(zip(sizes, grids)):
             cells = slice(start, start + batch * rows * cols)
             start += batch * rows * cols
             keep_scale = keep[cells].view(batch, rows, cols)
             resized, full, boxes = patch_groups_triton(
-                images, keep_scale, int(kept[:, scale].sum()), size, base,
+                images, keep_scale, totals[scale], size, base,
                 packed=(token_boxes, output_mask, packed_starts[scale], scale + 1),
                 slots=slots[cells], offsets=offsets[scale], class_starts=cu[:-1] if scale == 0 else None,
             )
             out[f"resized_patches_{size}"] = resized
             if full is not None:
                 out[f"full_patches_{size}"] = full
-            out[f"pos_embed_mask_{size}"] = keep_scale.view(torch.bool).view(batch, rows * cols)
+            out[f"pos_embed_mask_{size}"] = keep_bool[cells].view(batch, rows * cols)
             out[f"token_boxes_{size}"] = boxes
             masks[size] = masks_flat[cells].view(batch, rows, cols)
         out["masks"] = masks
