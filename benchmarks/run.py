@@ -1,7 +1,7 @@
 """Benchmark suite: our tokenizer against the baselines it carries, measured in one process.
 
     python3 run.py bench                       # everything this machine can run
-    python3 run.py bench --sections entropy    # one section (entropy, tokenizer, scaling, cache, vit, cuda)
+    python3 run.py bench --sections entropy    # one section (entropy, tokenizer, scaling, cache, vit, launch, cuda)
     python3 run.py bench --out benchmarks/RESULTS-cpu.md
 
 Prints markdown tables and writes them (and the raw figures as JSON) where
@@ -286,6 +286,62 @@ def cuda_section(results: dict) -> str:
     return "\n".join(lines)
 
 
+def launch_section(results: dict) -> str:
+    """Host side of the CUDA forward, measured on the CPU: its Triton kernels stubbed out, its launches counted.
+
+    The GPU's share is the kernels' run time; what the host spends between them is measured here, on any
+    machine with triton installed. The stubbed selection kernel reports the counts the CPU path finds for
+    the same images, so every allocation has its real size.
+    """
+    try:
+        from apt_research import _entropy_cuda as kernels
+    except ImportError:
+        return "triton is not installed: section skipped."
+    pixels = real_batch(224, 256)
+    images = (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    tokenizer = PatchTokenizer(3, 16, 224, [5.75, 4.0], MEAN, STD)
+    real_counts = torch.stack([m.flatten(1).sum(1) for m in tokenizer(images)["masks"].values()], 1).int()
+    launches = []
+
+    class Stub:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(self.name)
+
+    select = kernels.select_triton
+
+    def stub_select(*args, **kwargs):
+        masks, keep, slots, counts = select(*args, **kwargs)
+        counts.zero_()
+        counts[:, : real_counts.shape[1]] = real_counts
+        return masks, keep, slots, counts
+
+    saved = {name: getattr(kernels, name) for name in ("_entropy_kernel", "_select_kernel", "_group_kernel")}
+    try:
+        for name in saved:
+            setattr(kernels, name, Stub(name))
+        kernels.select_triton = stub_select
+        call = lambda: tokenizer._forward_triton(images, None)  # noqa: E731
+        times, out = timed(call, repeats=50, all_times=True)
+    finally:
+        for name, kernel in saved.items():
+            setattr(kernels, name, kernel)
+        kernels.select_triton = select
+    per_call = len(launches) // 51
+    best, median = min(times), statistics.median(times)
+    results["launch"] = dict(launches_per_forward=per_call, host_ms_best=1000 * best, host_ms_median=1000 * median,
+                             tokens=int(sum(out["seqlens"])))
+    return "\n".join([
+        "| CUDA `PatchTokenizer.forward`, batch 256 at 224, kernels stubbed (host side only, this CPU) | value |",
+        "|---|---|",
+        f"| Triton launches per forward | {per_call} |",
+        f"| host time per forward, best / median of 50 | {1000 * best:.3f} / {1000 * median:.3f} ms |",
+        "| host syncs per forward | 1 (the counts) |",
+    ])
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -323,7 +379,7 @@ def plot_speed(records: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-SECTIONS = ("entropy", "scaling", "tokenizer", "cache", "vit", "cuda")
+SECTIONS = ("entropy", "scaling", "tokenizer", "cache", "vit", "launch", "cuda")
 
 
 def main(argv=None) -> int:
@@ -344,7 +400,8 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine()}
     parts = [f"Machine: {results['machine']}", ""]
     titles = {"entropy": "Entropy maps", "scaling": "Scaling", "tokenizer": "Whole tokenizer", "cache": "Threshold points with cached maps",
-              "vit": "ViT speed, uniform vs APT-packed (CPU)", "cuda": "CUDA"}
+              "vit": "ViT speed, uniform vs APT-packed (CPU)", "launch": "Host side of the CUDA forward",
+              "cuda": "CUDA"}
     for section in args.sections:
         if section == "cuda" and not torch.cuda.is_available():
             parts += [f"## {titles[section]}", "", "No CUDA device on this machine: section skipped.", ""]
