@@ -286,7 +286,7 @@ def cuda_section(results: dict) -> str:
     return "\n".join(lines)
 
 
-def launch_section(results: dict) -> str:
+def launch_section(results: dict, batch=256, repeats=50) -> str:
     """Host side of the CUDA forward, measured on the CPU: its Triton kernels stubbed out, its launches counted.
 
     The GPU's share is the kernels' run time; what the host spends between them is measured here, on any
@@ -297,7 +297,7 @@ def launch_section(results: dict) -> str:
         from apt_research import _entropy_cuda as kernels
     except ImportError:
         return "triton is not installed: section skipped."
-    pixels = real_batch(224, 256)
+    pixels = real_batch(224, batch)
     images = (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     tokenizer = PatchTokenizer(3, 16, 224, [5.75, 4.0], MEAN, STD)
     real_counts = torch.stack([m.flatten(1).sum(1) for m in tokenizer(images)["masks"].values()], 1).int()
@@ -324,20 +324,20 @@ def launch_section(results: dict) -> str:
             setattr(kernels, name, Stub(name))
         kernels.select_triton = stub_select
         call = lambda: tokenizer._forward_triton(images, None)  # noqa: E731
-        times, out = timed(call, repeats=50, all_times=True)
+        times, out = timed(call, repeats=repeats, all_times=True)
     finally:
         for name, kernel in saved.items():
             setattr(kernels, name, kernel)
         kernels.select_triton = select
-    per_call = len(launches) // 51
+    per_call = len(launches) // (repeats + 1)
     best, median = min(times), statistics.median(times)
     results["launch"] = dict(launches_per_forward=per_call, host_ms_best=1000 * best, host_ms_median=1000 * median,
                              tokens=int(sum(out["seqlens"])))
     return "\n".join([
-        "| CUDA `PatchTokenizer.forward`, batch 256 at 224, kernels stubbed (host side only, this CPU) | value |",
+        f"| CUDA `PatchTokenizer.forward`, batch {batch} at 224, kernels stubbed (host side only, this CPU) | value |",
         "|---|---|",
         f"| Triton launches per forward | {per_call} |",
-        f"| host time per forward, best / median of 50 | {1000 * best:.3f} / {1000 * median:.3f} ms |",
+        f"| host time per forward, best / median of {repeats} | {1000 * best:.3f} / {1000 * median:.3f} ms |",
         "| host syncs per forward | 1 (the counts) |",
     ])
 
