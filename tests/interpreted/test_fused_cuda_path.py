@@ -144,3 +144,31 @@ def test_fused_forward_issues_only_its_kernels():
     assert len(launches) == 2 * 3 + 1
     assert [op for op in ops if op not in free] == []
     assert out["seqlens"]
+
+
+def test_selection_kernel_on_grids_larger_than_one_block():
+    """More base cells than the kernel's block (1024): the per-image slots carry over between chunks."""
+    from apt_research import select_patches_by_threshold
+    from apt_research._entropy_cuda import select_triton
+
+    generator = torch.Generator().manual_seed(0)
+    maps = {8: torch.rand(2, 40, 37, generator=generator) * 8, 16: torch.rand(2, 20, 19, generator=generator) * 8,
+            32: torch.rand(2, 10, 10, generator=generator) * 8}
+    thresholds = [3.0, 2.0]
+    expected = select_patches_by_threshold(maps, thresholds)
+    flat = torch.cat([maps[size].flatten() for size in (8, 16, 32)])
+    masks, keep, slots, counts = select_triton(flat, torch.tensor([0.0, *thresholds]), 2, 40, 37, 3)
+    start = 0
+    for scale, size in enumerate((8, 16, 32)):
+        cells = expected[size].numel()
+        got = masks[start : start + cells].view_as(expected[size])
+        assert torch.equal(got, expected[size]), size
+        assert torch.equal(keep[start : start + cells].view_as(got).bool(), got.bool())
+        per_image = expected[size].flatten(1)
+        assert counts[:, scale].tolist() == per_image.sum(1).int().tolist()
+        place = (per_image.cumsum(1) - 1).int()
+        kept = per_image.bool()
+        assert torch.equal(slots[start : start + cells].view(2, -1)[kept], place[kept])
+        start += cells
+    assert counts[:, 3:].abs().sum() == 0
+    assert bool(expected[8].flatten(1)[:, 1024:].any(1).all())  # each image keeps cells in the second chunk
