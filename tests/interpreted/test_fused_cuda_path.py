@@ -60,16 +60,23 @@ def test_fused_forward_equals_cpu(height, width, base, num_scales):
         assert all(int(cpu["masks"][size].sum()) > 0 for size in cpu["masks"])
 
 
-def test_fused_forward_with_custom_maps():
-    """Caller's maps, including large patches that stick out of the image (zero padding inside them)."""
+@pytest.mark.parametrize("only_largest", [False, True])
+def test_fused_forward_with_custom_maps(only_largest):
+    """Caller's maps, including large patches that stick out of the image (zero padding inside them).
+
+    ``only_largest``: every image is four 56-px patches, no scale-0 patch anywhere in the batch (the
+    class tokens are then written by programs of a launch that has no cell to cut).
+    """
     images = torch.randn(3, 3, 61, 97)
     tokenizer = PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], MEAN, STD)
     maps = {14: torch.zeros(3, 5, 7), 28: torch.zeros(3, 3, 4), 56: torch.rand(3, 2, 2) * 2}
-    maps[56][1] = 9.0  # image 1 keeps no 56-px patch
+    if not only_largest:
+        maps[56][1] = 9.0  # image 1 keeps no 56-px patch
     cpu = tokenizer(images, importance_maps=maps)
     fused = tokenizer._forward_triton(images, maps)
     fused["max_seqlen"], fused["retained_frac"] = cpu["max_seqlen"], cpu["retained_frac"]
     assert_same(fused, cpu)
+    assert (cpu["seqlens"] == [5, 5, 5]) == only_largest
 
 
 @pytest.mark.parametrize("value,word", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "inf")])
