@@ -305,6 +305,17 @@ def _load_pixel(plane, y, x, height, width, stride_h, mask):
 
 
 @triton.jit
+def _store_box(boxes_ptr, row, b, y0, x0, side, labels_ptr, label, WRITE_LABEL: tl.constexpr):
+    """Row ``row`` of an ``(N, 4)`` int64 box table: ``(b, y0, x0, side)``; with WRITE_LABEL also ``labels[row]``."""
+    tl.store(boxes_ptr + row * 4, b.to(tl.int64))
+    tl.store(boxes_ptr + row * 4 + 1, tl.full((), y0, tl.int64))
+    tl.store(boxes_ptr + row * 4 + 2, tl.full((), x0, tl.int64))
+    tl.store(boxes_ptr + row * 4 + 3, tl.full((), side, tl.int64))
+    if WRITE_LABEL:
+        tl.store(labels_ptr + row, tl.full((), label, tl.int64))
+
+
+@triton.jit
 def _group_kernel(
     images,
     keep_ptr,
@@ -338,12 +349,7 @@ def _group_kernel(
     if cell >= num_cells:
         # Programs after the grid's cells (launched with class starts) write each image's class token.
         b = cell - num_cells
-        where = tl.load(cu_ptr + b).to(tl.int64)
-        tl.store(packed_boxes_ptr + where * 4, b.to(tl.int64))
-        tl.store(packed_boxes_ptr + where * 4 + 1, tl.full((), -1, tl.int64))
-        tl.store(packed_boxes_ptr + where * 4 + 2, tl.full((), -1, tl.int64))
-        tl.store(packed_boxes_ptr + where * 4 + 3, tl.full((), 0, tl.int64))
-        tl.store(labels_ptr + where, tl.full((), -1, tl.int64))
+        _store_box(packed_boxes_ptr, tl.load(cu_ptr + b).to(tl.int64), b, -1, -1, 0, labels_ptr, -1, True)
     elif tl.load(keep_ptr + cell) != 0:
         b = cell // (rows * cols)
         i = (cell // cols) % rows
@@ -355,16 +361,9 @@ def _group_kernel(
             slot += tl.load(offset_ptr + b)
         y0 = i * SIZE
         x0 = j * SIZE
-        tl.store(boxes_ptr + slot * 4, b.to(tl.int64))
-        tl.store(boxes_ptr + slot * 4 + 1, y0.to(tl.int64))
-        tl.store(boxes_ptr + slot * 4 + 2, x0.to(tl.int64))
-        tl.store(boxes_ptr + slot * 4 + 3, tl.full((), SIZE, tl.int64))
+        _store_box(boxes_ptr, slot, b, y0, x0, SIZE, labels_ptr, label, False)
         if WRITE_PACKED:
-            tl.store(packed_boxes_ptr + where * 4, b.to(tl.int64))
-            tl.store(packed_boxes_ptr + where * 4 + 1, y0.to(tl.int64))
-            tl.store(packed_boxes_ptr + where * 4 + 2, x0.to(tl.int64))
-            tl.store(packed_boxes_ptr + where * 4 + 3, tl.full((), SIZE, tl.int64))
-            tl.store(labels_ptr + where, tl.full((), label, tl.int64))
+            _store_box(packed_boxes_ptr, where, b, y0, x0, SIZE, labels_ptr, label, True)
         py = tl.arange(0, BASE_POW2)[:, None]
         px = tl.arange(0, BASE_POW2)[None, :]
         inside = (py < BASE) & (px < BASE)

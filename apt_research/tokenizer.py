@@ -255,6 +255,10 @@ class PatchTokenizer(nn.Module):
     def _entropy_options(self) -> dict:
         return {"bins": 512, "backend": "auto", **self.method_options}
 
+    def _entropy_by_kernel(self) -> bool:
+        """Whether CUDA scoring goes through the Triton entropy kernel (which also checks the values)."""
+        return self.method == "entropy" and self._entropy_options()["backend"] in ("auto", "triton")
+
     def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         if self.method == "entropy":
             options = self._entropy_options()
@@ -321,8 +325,7 @@ class PatchTokenizer(nn.Module):
         """
         fused = images.device.type == "cuda" and triton_available()
         # The fused entropy kernel checks the values itself: no pass over the batch, no host sync.
-        kernel_checks = (fused and importance_maps is None and self.method == "entropy"
-                         and self._entropy_options()["backend"] in ("auto", "triton"))
+        kernel_checks = fused and importance_maps is None and self._entropy_by_kernel()
         self._check_input(images, values=not kernel_checks)
         if importance_maps is not None:
             self._check_importance_maps(importance_maps, images)
@@ -371,18 +374,14 @@ class PatchTokenizer(nn.Module):
 
         batch, _, height, width = images.shape
         sizes, num_scales, base = self.patch_sizes, self.num_scales, self.base_patch_size
-        kernel_checks = False
-        if importance_maps is None:
-            options = self._entropy_options()
-            if self.method == "entropy" and options["backend"] in ("auto", "triton"):
-                flat, importance_maps = entropy_flat_triton(
-                    images, base, num_scales, options["bins"], self.pad_value,
-                    (self.unnorm_mean, self.unnorm_std), check_finite=True,
-                )
-                kernel_checks = True
-            else:
+        if importance_maps is None and self._entropy_by_kernel():
+            flat, importance_maps = entropy_flat_triton(
+                images, base, num_scales, self._entropy_options()["bins"], self.pad_value,
+                (self.unnorm_mean, self.unnorm_std), check_finite=True,
+            )
+        else:
+            if importance_maps is None:
                 importance_maps = self._importance_maps(images)
-        if not kernel_checks:
             flat = torch.cat([importance_maps[size].reshape(-1).float() for size in sizes])
         grids = [grid_shape(height, width, size) for size in sizes]
         masks_flat, keep, slots, counts = select_triton(flat, self._thresholds_on(flat.device), batch, *grids[0],
