@@ -8,7 +8,6 @@ for a paper column.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +20,8 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+
+from ._io import atomic_path  # noqa: E402
 
 COLUMN_WIDTH_IN = 3.35
 SCALE_COLOURS = sns.color_palette("colorblind", 6)
@@ -39,15 +40,8 @@ def save_figure(figure, path, formats=("pdf", "png")) -> list[Path]:
     path = Path(path)
     targets = [path] if path.suffix else [path.with_suffix(f".{fmt}") for fmt in formats]
     for target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=target.suffix, prefix=".tmp-")
-        os.close(handle)
-        try:
+        with atomic_path(target) as temporary:
             figure.savefig(temporary, bbox_inches="tight", format=target.suffix[1:].replace("jpg", "jpeg"))
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
     return targets
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._io import atomic_path
 
 MAP_KEYS = ("dataset", "dataset_options", "resize", "image_size", "patch_size", "num_scales", "method",
             "method_options", "limit")
@@ -37,15 +37,8 @@ def save_entry(path: Path, pixels: list[torch.Tensor], maps: list[dict[int, torc
         arrays[f"pixels_{i}"] = image.cpu().numpy().astype(np.float32)
         for size, scale_map in image_maps.items():
             arrays[f"map_{i}_{size}"] = scale_map.cpu().numpy().astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def load_entry(path: Path):

@@ -12,7 +12,8 @@ import pandas as pd
 import seaborn as sns
 
 from .. import figures
-from .runner import is_finished, write_atomic
+from .._io import atomic_path, write_atomic
+from .runner import is_finished
 
 CONFIG_COLUMNS = ["resize", "image_size", "patch_size", "num_scales", "bins", "method", "method_options",
                   "target_retention", "calibration", "thresholds"]
@@ -186,11 +187,10 @@ def build_report(sweep_dir) -> Report:
         made = []
     else:
         summary = summarise(records)
-        for suffix, writer in ((".parquet", lambda p: summary.to_parquet(p, index=False)),
-                               (".csv", lambda p: summary.to_csv(p, index=False))):
-            temporary = sweep_dir / f".summary.tmp{suffix}"
-            writer(temporary)
-            temporary.replace(sweep_dir / f"summary{suffix}")
+        with atomic_path(sweep_dir / "summary.parquet") as temporary:
+            summary.to_parquet(temporary, index=False)
+        with atomic_path(sweep_dir / "summary.csv") as temporary:
+            summary.to_csv(temporary, index=False)
         made = make_figures(records, summary, sweep_dir / "figures")
         shown = ["dataset", "image_size", "num_scales", "bins", "method", "thresholds", "images", "retention_mean",
                  "retention_p10", "retention_p90", "savings_mean", "psnr_mean", "ssim_mean"]

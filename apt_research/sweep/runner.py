@@ -39,26 +39,13 @@ from ..vit import VIT_CONFIGS
 from ..datasets import iter_batches, iter_images, load_dataset
 from ..scorers import compute_importance_maps
 from ..selection import select_patches_by_threshold
+from .._io import atomic_path, write_atomic
 from .cache import cache_key, load_entry, save_entry
 from .spec import Sweep
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run.ipynb"
 KERNEL_START_TRIES = 4
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data.encode() if isinstance(data, str) else data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def write_json(path: Path, value) -> None:
@@ -219,14 +206,8 @@ def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "",
                      if k not in ("thresholds", "dataset", "target_retention")})
     for column, value in reversed(list(constant.items())):
         table.insert(0, column, value)
-    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".records.tmp-", suffix=".parquet")
-    os.close(handle)
-    try:
+    with atomic_path(output_dir / "records.parquet") as temporary:
         table.to_parquet(temporary, index=False)
-        os.replace(temporary, output_dir / "records.parquet")
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     if skipped:
         write_json(output_dir / "skipped.json", skipped)
     return table
@@ -321,22 +302,19 @@ def execute_run(run: dict, sweep_dir: Path, sweep_name: str, cache_dir: Path, de
     write_json(run_dir / "provenance.json", provenance(params["device"]))
     started = time.time()
     status = {"run_id": run["run_id"], "state": "running", "started": started}
-    handle, temporary = tempfile.mkstemp(dir=run_dir, prefix=".run.tmp-", suffix=".ipynb")
-    os.close(handle)
-    try:
-        _execute_notebook(RUN_NOTEBOOK, Path(temporary), {
-            **params, "output_dir": str(run_dir), "cache_dir": str(cache_dir),
-            "sweep": sweep_name, "run_id": run["run_id"],
-        }, run_dir)
-        if not (run_dir / "records.parquet").exists():
-            raise RuntimeError("the run notebook finished without writing records.parquet")
-        status["state"] = "finished"
-    except Exception as error:
-        status.update(state="failed", error=f"{type(error).__name__}: {error}"[:2000],
-                      traceback=traceback.format_exc())
-    finally:
-        if os.path.exists(temporary):
-            os.replace(temporary, run_dir / "run.ipynb")
+    # The executed notebook is the run's record: kept, failed or interrupted half way, as run.ipynb.
+    with atomic_path(run_dir / "run.ipynb", keep_partial=True) as temporary:
+        try:
+            _execute_notebook(RUN_NOTEBOOK, temporary, {
+                **params, "output_dir": str(run_dir), "cache_dir": str(cache_dir),
+                "sweep": sweep_name, "run_id": run["run_id"],
+            }, run_dir)
+            if not (run_dir / "records.parquet").exists():
+                raise RuntimeError("the run notebook finished without writing records.parquet")
+            status["state"] = "finished"
+        except Exception as error:
+            status.update(state="failed", error=f"{type(error).__name__}: {error}"[:2000],
+                          traceback=traceback.format_exc())
     status.update(ended=time.time(), duration_s=time.time() - started)
     write_json(run_dir / "status.json", status)
     return status
