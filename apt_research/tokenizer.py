@@ -374,7 +374,8 @@ class PatchTokenizer(nn.Module):
 
         batch, _, height, width = images.shape
         sizes, num_scales, base = self.patch_sizes, self.num_scales, self.base_patch_size
-        if importance_maps is None and self._entropy_by_kernel():
+        kernel_checks = importance_maps is None and self._entropy_by_kernel()
+        if kernel_checks:
             flat, importance_maps = entropy_flat_triton(
                 images, base, num_scales, self._entropy_options()["bins"], self.pad_value,
                 (self.unnorm_mean, self.unnorm_std), check_finite=True,
@@ -387,7 +388,8 @@ class PatchTokenizer(nn.Module):
         masks_flat, keep, slots, counts = select_triton(flat, self._thresholds_on(flat.device), batch, *grids[0],
                                                         num_scales)
         counts = counts.cpu().numpy()  # the one host sync
-        for column, word in ((num_scales, "a nan"), (num_scales + 1, "an inf")):
+        # NaN / -inf cells of scale 0 mean bad pixels only in maps the kernel made; a caller's maps may hold them.
+        for column, word in ((num_scales, "a nan"), (num_scales + 1, "an inf")) if kernel_checks else ():
             bad = np.flatnonzero(counts[:, column])
             if bad.size:
                 raise ValueError(

@@ -79,6 +79,20 @@ def test_fused_forward_with_custom_maps(only_largest):
     assert (cpu["seqlens"] == [5, 5, 5]) == only_largest
 
 
+def test_fused_forward_takes_custom_maps_with_nan_and_inf_as_the_cpu_path_does():
+    """Non-finite scores in a caller's maps are scores, not bad pixels: selected as on the CPU, no error."""
+    images = torch.randn(2, 3, 64, 64)
+    tokenizer = PatchTokenizer(3, 16, 64, [6.0, 5.0], MEAN, STD)
+    maps = {16: torch.rand(2, 4, 4) * 8, 32: torch.rand(2, 2, 2) * 8, 64: torch.full((2, 1, 1), 9.0)}
+    maps[16][0, 0, 0], maps[16][1, 3, 3] = float("nan"), float("-inf")
+    maps[32][0, 1, 1], maps[32][1, 0, 0] = float("nan"), float("-inf")
+    cpu = tokenizer(images, importance_maps=maps)
+    fused = tokenizer._forward_triton(images, maps)
+    fused["max_seqlen"], fused["retained_frac"] = cpu["max_seqlen"], cpu["retained_frac"]
+    assert_same(fused, cpu)
+    assert bool(cpu["masks"][32][1, 0, 0]) and not bool(cpu["masks"][32][0, 1, 1])
+
+
 @pytest.mark.parametrize("value,word", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "inf")])
 def test_fused_forward_rejects_non_finite(value, word):
     images = normalised(45, 45)  # a border row and column: bad pixels there are caught too
