@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from apt_research import compute_patch_entropy_batched, select_patches_by_threshold, token_counts
+from apt_research.analysis import entropy_statistics
 from apt_research.cli import main
 from apt_research.datasets import iter_images, skimage_dataset
 from apt_research.sweep.runner import DirectoryLock, SweepLocked
@@ -59,6 +60,8 @@ def test_summary_equals_the_library(smoke_dir):
         tokens = int(token_counts(select_patches_by_threshold(maps, thresholds))[0])
         assert row["tokens_total"] == tokens
         assert row["retention"] == pytest.approx(tokens / 64)
+        stats = entropy_statistics(maps, 0)  # the same in every threshold setting of the image
+        assert {k: row[k] for k in stats} == pytest.approx(stats)
     summary = pd.read_parquet(smoke_dir / "summary.parquet")
     means = records.groupby(["bins", "thresholds"])["retention"].mean()
     for _, row in summary.iterrows():

@@ -125,30 +125,38 @@ def maps_for(params: dict, cache_dir: Path | None, progress: bool = False):
     return pixels, maps, metas, skipped, False
 
 
-def threshold_records(params: dict, thresholds: list[float], pixels, maps, metas) -> list[dict]:
-    """One record per image for one threshold setting: tokens, retention, entropy statistics, PSNR/SSIM, time.
+def image_columns(image: torch.Tensor, image_maps: dict, meta: dict) -> dict:
+    """The columns of an image's records that no threshold changes: its names, sizes and score statistics."""
+    return {
+        "image": meta["name"],
+        "label": meta.get("label"),
+        "source": meta.get("source"),
+        "original_height": meta.get("original_height"),
+        "original_width": meta.get("original_width"),
+        "height": int(image.shape[-2]),
+        "width": int(image.shape[-1]),
+        **entropy_statistics({size: scale_map[None] for size, scale_map in image_maps.items()}, 0),
+    }
 
-    Images are processed in worker threads (the metrics' filters release the GIL).
+
+def threshold_records(params: dict, thresholds: list[float], pixels, maps, columns) -> list[dict]:
+    """One record per image for one threshold setting: tokens, retention, PSNR/SSIM, time.
+
+    ``columns``: each image's ``image_columns``, computed once for all threshold settings. Images are
+    processed in worker threads (the metrics' filters release the GIL).
     """
 
     def record(item):
-        image, image_maps, meta = item
+        image, image_maps, image_row = item
         start = time.perf_counter()
         batched = {size: scale_map[None] for size, scale_map in image_maps.items()}
         masks = select_patches_by_threshold(batched, thresholds)
         recon = reconstruct(image[None], masks, params["patch_size"])
         row = {
-            "image": meta["name"],
-            "label": meta.get("label"),
-            "source": meta.get("source"),
-            "original_height": meta.get("original_height"),
-            "original_width": meta.get("original_width"),
-            "height": int(image.shape[-2]),
-            "width": int(image.shape[-1]),
+            **image_row,
             "thresholds": ",".join(f"{t:g}" for t in thresholds),
             **{f"threshold_{s + 1}": t for s, t in enumerate(thresholds)},
             **token_record(masks, 0),
-            **entropy_statistics(batched, 0),
             **fidelity(image, recon[0]),
         }
         for model in VIT_CONFIGS:
@@ -159,7 +167,7 @@ def threshold_records(params: dict, thresholds: list[float], pixels, maps, metas
         return row
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return list(pool.map(record, zip(pixels, maps, metas)))
+        return list(pool.map(record, zip(pixels, maps, columns)))
 
 
 def threshold_settings(params: dict, maps: list[dict]):
@@ -195,9 +203,9 @@ def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "",
     start = time.perf_counter()
     pixels, maps, metas, skipped, hit = maps_for(params, cache_dir)
     maps_s = time.perf_counter() - start
-    rows = []
+    rows, columns = [], [image_columns(*item) for item in zip(pixels, maps, metas)]
     for thresholds, extra in threshold_settings(params, maps):
-        setting_rows = threshold_records(params, thresholds, pixels, maps, metas)
+        setting_rows = threshold_records(params, thresholds, pixels, maps, columns)
         extra = dict(extra, **measured_speed(params, setting_rows))
         rows += [dict(row, **extra) for row in setting_rows]
     table = pd.DataFrame(rows)
