@@ -9,18 +9,24 @@ import torch
 from .vit import ViTEncoder
 
 
-def _timed(function, repeats: int, device: torch.device) -> float:
-    function()
-    best = float("inf")
+def timed(function, *args, repeats: int = 3, device="cpu", all_times: bool = False):
+    """``(best, result)``: the best wall time of ``repeats`` calls after one warm-up, and the last result.
+
+    On CUDA the device is synchronised before and after each call. ``all_times``: every call's time
+    (a list) instead of the best.
+    """
+    device = torch.device(device)
+    result = function(*args)
+    times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        function()
+        result = function(*args)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append(time.perf_counter() - start)
+    return (times if all_times else min(times)), result
 
 
 def measure_speedup(apt_seqlens, uniform_seqlens, model: str = "vit_s", patch_size: int = 16, device="cpu",
@@ -49,6 +55,6 @@ def measure_speedup(apt_seqlens, uniform_seqlens, model: str = "vit_s", patch_si
     else:
         uniform_call = packed(list(uniform_seqlens))
     with torch.inference_mode():
-        uniform_s = _timed(uniform_call, repeats, device)
-        apt_s = _timed(packed(list(apt_seqlens)), repeats, device)
+        uniform_s, _ = timed(uniform_call, repeats=repeats, device=device)
+        apt_s, _ = timed(packed(list(apt_seqlens)), repeats=repeats, device=device)
     return {"uniform_s": uniform_s, "apt_s": apt_s, "speedup": uniform_s / apt_s}

@@ -19,7 +19,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ import baselines  # noqa: E402
 
 from apt_research import PatchTokenizer, compute_patch_entropy_batched  # noqa: E402
 from apt_research.datasets import iter_images, skimage_dataset  # noqa: E402
+from apt_research.speed import timed  # noqa: E402
 
 ONE_HOT_LIMIT = 4 * 2**30
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,24 +41,6 @@ def real_batch(size: int, batch: int, device="cpu") -> torch.Tensor:
     images = [pixels for pixels, _ in iter_images(skimage_dataset(), "center_crop", size, progress=False)]
     stacked = torch.stack([images[i % len(images)] for i in range(batch)])
     return stacked.to(device)
-
-
-def timed(function, *args, repeats=3, device="cpu", all_times=False):
-    """Best wall time of ``repeats`` calls (after one warm-up), and the last result.
-
-    ``all_times``: the list of every call's time instead of the best.
-    """
-    result = function(*args)
-    times = []
-    for _ in range(repeats):
-        if device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = function(*args)
-        if device != "cpu":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return (times if all_times else min(times)), result
 
 
 def max_diff(ours: dict, theirs: dict) -> float:
