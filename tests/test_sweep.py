@@ -117,13 +117,14 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path):
 @pytest.mark.parametrize("spec,message", [
     ({"name": "x", "fixed": {"treshold": [5.0]}}, "unknown key 'fixed.treshold'"),
     ({"name": "x", "fixed": {"image_size": "big"}}, "key 'image_size' expects int, got 'big'"),
-    ({"name": "x", "fixed": {"num_scales": 3, "thresholds": [5.5]}}, "key 'thresholds': a threshold setting needs num_scales - 1 = 2"),
+    ({"name": "x", "fixed": {"num_scales": 3, "thresholds": [5.5]}}, "key 'thresholds' needs num_scales - 1 = 2"),
     ({"name": "x", "grid": {"bins": []}}, "key 'grid.bins' is empty"),
-    ({"name": "x", "fixed": {"dataset": "imagenet21k"}}, "key 'dataset': unknown data set 'imagenet21k'"),
+    ({"name": "x", "fixed": {"dataset": "imagenet21k"}},
+     "key 'dataset' expects one of ['folder', 'skimage', 'synthetic'] or an existing folder, got 'imagenet21k'"),
     ({"name": "x", "zip": {"bins": [1, 2], "num_scales": [2]}}, "'zip' lists must have equal lengths"),
     ({"name": "x", "colour": "red"}, "unknown key 'colour'"),
     ({"name": "x", "fixed": {"method": "laplacian", "method_options": {"aggregate": "mean", "bins": 3}}},
-     "key 'method_options': unknown option(s) ['bins']"),
+     "key 'method_options' has unknown option(s) ['bins']"),
 ])
 def test_malformed_specs_are_rejected_before_anything_runs(tmp_path, capsys, spec, message):
     path = tmp_path / "bad.yaml"

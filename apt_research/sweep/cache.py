@@ -1,7 +1,8 @@
 """Cached importance maps: computed once per key, stored as ``.npz`` without pickle.
 
-The maps depend on the data set, resize policy, image size, scorer and its
-options, base patch, scales and bins, never on thresholds: a threshold axis then
+The maps depend on the parameters declared ``maps=True`` in ``parameters.Parameters``
+(``MAP_KEYS``: data set, resize policy, image size, scorer and its options, base patch,
+scales, bins for the entropy scorer, limit), never on thresholds: a threshold axis then
 costs selection only. Each entry also holds the resized pixels (for the
 reconstruction) and the images' metadata (as JSON text).
 """
@@ -16,9 +17,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_path
-
-MAP_KEYS = ("dataset", "dataset_options", "resize", "image_size", "patch_size", "num_scales", "method",
-            "method_options", "limit")
+from .parameters import MAP_KEYS
 
 
 def cache_key(params: dict, shard: tuple[int, int] | None = None) -> str:
