@@ -123,3 +123,21 @@ def _nests(fine_cells: int, fine_size: int, coarse_cells: int, coarse_size: int)
     low = (fine_cells - 1) * fine_size + 1
     high = fine_cells * fine_size
     return -(-low // coarse_size) <= coarse_cells <= -(-high // coarse_size)
+
+
+def check_device(name: str, value) -> torch.device:
+    """Return ``value`` as a ``torch.device`` of type cpu, cuda or mps that this machine has."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"{name} {value!r} is not available: this machine has {count} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name} {value!r} is not available: this machine has no MPS device")
+    elif device.type != "cpu":
+        raise ValueError(f"{name} must be a cpu, cuda or mps device, got {value!r}")
+    return device

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -13,58 +14,101 @@ class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit code 2."""
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit code 2), like the commands' own errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _thresholds(text: str) -> list[float]:
+    """One word of ``--thresholds``: ``6``, ``6,5`` or ``[6, 5]`` (``--thresholds 6 5`` gives two words)."""
+    words = [word for word in re.split(r"[,\s]+", text.strip().strip("[]")) if word]
     try:
-        value = json.loads(text if text.strip().startswith("[") else f"[{text}]")
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"--thresholds must be numbers like '5.75,4.0', got {text!r}") from error
-    return value
+        return [float(word) for word in words]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers as in '--thresholds 6 5' or '--thresholds 6,5', got {text!r} "
+            "(IMAGE goes before --thresholds)"
+        ) from error
 
 
-def _visualize_targets(image: str):
-    """(pixels, metadata) of everything IMAGE names: a file, a folder, a data set, or skimage:NAME."""
+def _check_out(out: Path) -> None:
+    """``--out`` must be a directory, or creatable as one below a writable directory."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out must be a directory, got {str(out)!r}, which is a file")
+    existing = next(path for path in [out, *out.parents] if os.path.lexists(path))
+    if not existing.is_dir():
+        raise UsageError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r} cannot be written: no write permission on {str(existing)!r}")
+
+
+def _visualize_targets(image: str, max_pixels: int):
+    """(data set or None, image keys, iterator of (pixels, metadata)) for what IMAGE names.
+
+    IMAGE is a file, a folder, a bundled data set or ``skimage:NAME``; each metadata holds its key
+    (``item``) and its source (an absolute path for files).
+    """
     import torch
 
-    from .datasets import DATASETS, iter_images, load_dataset, read_image_file, skimage_dataset
+    from .datasets import DATASETS, decode_image, folder_dataset, iter_images, load_dataset, skimage_dataset
 
     path = Path(image)
     if path.is_file():
         try:
-            array = read_image_file(path)
-        except Exception as error:
-            raise UsageError(f"cannot read image {image!r}: {type(error).__name__}: {error}") from error
-        meta = {"name": path.stem, "source": str(path), "original_height": array.shape[0],
-                "original_width": array.shape[1]}
-        return None, [(torch.from_numpy(array).permute(2, 0, 1).float(), meta)]
+            array, info = decode_image(path, max_pixels)
+        except Exception as error:  # any decoder failure is the file's problem, not ours
+            raise UsageError(f"IMAGE {image!r} cannot be read: {type(error).__name__}: {error}") from error
+        meta = {"name": path.stem, "item": path.name, "source": str(path.absolute()), **info}
+        return None, [path.name], [(torch.from_numpy(array).permute(2, 0, 1).float(), meta)]
     if image.startswith("skimage:"):
         try:
             source = skimage_dataset([image.split(":", 1)[1]])
         except ValueError as error:
-            raise UsageError(str(error)) from error
-    elif image in DATASETS and image != "folder" or path.is_dir():
+            raise UsageError(f"IMAGE: {error}") from error
+    elif image in DATASETS and image != "folder":
         source = load_dataset(image)
+    elif path.is_dir():
+        source = folder_dataset(path.absolute(), max_pixels=max_pixels)
     else:
         raise UsageError(
             f"IMAGE must be an image file, a folder, a bundled data set ('skimage', 'synthetic') or "
             f"'skimage:NAME', got {image!r} (no such file)"
         )
-    return source, iter_images(source, "native", progress=True)
+    keys = [source.item_name(item) for item in source.items]
+    return source, keys, iter_images(source, "native", progress=True)
 
 
 def cmd_visualize(args) -> int:
-    from .visualize import VisualizeConfig, write_visualization
+    from .visualize import VisualizeConfig, foreign_content, output_names, write_visualization
 
-    config = VisualizeConfig(args.image_size, args.resize, args.patch_size, args.num_scales, args.thresholds,
-                             args.method, args.bins, args.device)
+    if args.no_resize and args.resize not in (None, "native"):
+        raise UsageError(f"--no-resize keeps the native size, so --resize {args.resize!r} contradicts it")
+    options = {
+        "image_size": args.image_size, "resize": "native" if args.no_resize else args.resize,
+        "patch_size": args.patch_size, "num_scales": args.num_scales, "method": args.method, "bins": args.bins,
+        "device": args.device, "max_pixels": args.max_pixels,
+        "thresholds": None if args.thresholds is None else [value for word in args.thresholds for value in word],
+    }
+    config = VisualizeConfig(**{name: value for name, value in options.items() if value is not None})
     try:
         config.check()
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
-    source, targets = _visualize_targets(args.image)
+    out = Path(args.out)
+    _check_out(out)
+    source, keys, targets = _visualize_targets(args.image, config.max_pixels)
+    names = output_names(keys)
+    for name in names.values():
+        if os.path.lexists(out / name) and (reason := foreign_content(out / name)):
+            raise UsageError(f"--out: will not replace {reason}; move it away or choose another --out")
     written = []
     for pixels, meta in targets:
-        name = Path(meta["name"]).as_posix().replace("/", "__")
-        written.append(write_visualization(pixels, meta, Path(args.out) / name, config))
+        try:
+            written.append(write_visualization(pixels, meta, out / names[meta["item"]], config))
+        except (ValueError, FileExistsError) as error:
+            raise UsageError(f"{meta['source']}: {error}") from error
         print(f"wrote {written[-1]}")
     if source is not None and source.skipped:
         print(f"skipped {len(source.skipped)} unreadable file(s): " + ", ".join(s["item"] for s in source.skipped))
@@ -74,20 +118,25 @@ def cmd_visualize(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apt-research", description="Adaptive Patch Tokenization research tools")
+    parser = _OneLineParser(prog="apt-research", description="Adaptive Patch Tokenization research tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
     vis = commands.add_parser("visualize", help="heatmaps, patch grid, reconstruction and summary for images")
     vis.add_argument("image", help="an image file, a folder, 'skimage', 'synthetic' or 'skimage:NAME'")
-    vis.add_argument("--out", default="visualizations", help="output folder (one sub-folder per image)")
-    vis.add_argument("--image-size", type=int, default=336)
-    vis.add_argument("--resize", default="short_side", help="center_crop, resize, short_side or native")
-    vis.add_argument("--patch-size", type=int, default=16)
-    vis.add_argument("--num-scales", type=int, default=3)
-    vis.add_argument("--thresholds", type=_thresholds, default=[5.75, 4.0], help="e.g. '5.75,4.0'")
-    vis.add_argument("--method", default="entropy")
-    vis.add_argument("--bins", type=int, default=512)
-    vis.add_argument("--device", default="cpu")
+    vis.add_argument("--out", default="visualizations",
+                     help="output folder, one sub-folder per image (only earlier visualize output is replaced)")
+    vis.add_argument("--image-size", "--image_size", type=int, help="short side after resizing (default 336)")
+    vis.add_argument("--resize", help="short_side (default), center_crop, resize or native")
+    vis.add_argument("--no-resize", "--no_resize", action="store_true", help="keep the native size (--resize native)")
+    vis.add_argument("--patch-size", "--patch_size", type=int, help="base patch size (default 16)")
+    vis.add_argument("--num-scales", "--num_scales", type=int, help="patch sizes p, 2p, 4p, ... (default 3)")
+    vis.add_argument("--thresholds", type=_thresholds, nargs="*",
+                     help="num_scales - 1 numbers, '5.75 4.0' or '5.75,4.0' (default 5.75 4.0)")
+    vis.add_argument("--method", help="a registered scorer (default entropy)")
+    vis.add_argument("--bins", type=int, help="histogram bins of the entropy scorer, 2 to 65536 (default 512)")
+    vis.add_argument("--device", help="cpu (default), cuda, cuda:1 or mps")
+    vis.add_argument("--max-pixels", type=int,
+                     help="larger images are shrunk by an integer factor while decoding (default 25000000)")
     vis.set_defaults(func=cmd_visualize)
 
     from .sweep.commands import add_commands

@@ -1,8 +1,8 @@
 """Data sets behind one registry: bundled scikit-image images, seeded synthetic images, folders.
 
-Each data set is a list of items; ``load_image`` turns an item into an
-``(H, W, 3)`` uint8 array plus metadata (name, source path, original size,
-label). ``iter_images`` decodes in parallel worker threads with a progress bar,
+Each data set is a list of items, each with a name known before decoding
+(``ImageSource.item_name``); its loader turns an item into an ``(H, W, 3)``
+uint8 array plus metadata (name, source path, original size, label). ``iter_images`` decodes in parallel worker threads with a progress bar,
 skips unreadable files with a warning (listed in ``ImageSource.skipped``) and
 applies a resize policy; ``iter_batches`` stacks equally sized images.
 """
@@ -35,12 +35,17 @@ SYNTHETIC_KINDS = ("flat", "gradient", "white_noise", "pink_noise", "shapes", "s
 
 @dataclass
 class ImageSource:
-    """A data set: a name, its items and how to load one; ``skipped`` lists what could not be read."""
+    """A data set: a name, its items and how to load one; ``skipped`` lists what could not be read.
+
+    ``item_name`` gives each item a name unique within the data set without decoding it (a folder
+    image's path relative to the folder, with its suffix); ``iter_images`` puts it in ``meta["item"]``.
+    """
 
     name: str
     items: list
     loader: Callable[[object], tuple[np.ndarray, dict]]
     skipped: list[dict] = field(default_factory=list)
+    item_name: Callable[[object], str] = str
 
     def __len__(self) -> int:
         return len(self.items)
@@ -154,24 +159,78 @@ def synthetic_dataset(count: int = 12, size: int = 256, seed: int = 0, kinds=SYN
             "name": f"{kind}_{item_seed}", "source": f"synthetic:{kind}:seed={item_seed}", "label": kind,
         }
 
-    return ImageSource("synthetic", items, load)
+    return ImageSource("synthetic", items, load, item_name=lambda item: f"{item[0]}_{item[2]}")
+
+
+def decode_image(path, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
+    """Decode one image file to ``(H, W, 3)`` uint8, at most ``max_pixels`` pixels.
+
+    Parameters
+    ----------
+    path : str or Path
+        An image file Pillow reads (palette, 16-bit, gray and RGBA are converted to RGB).
+    max_pixels : int, optional
+        A larger image is shrunk while decoding by the smallest integer factor ``k`` (Pillow's
+        ``Image.reduce``: each output pixel is the mean of a ``k x k`` block) that brings it to at most
+        ``max_pixels`` pixels, with a warning, so that what follows holds ``max_pixels`` pixels at most.
+        Decoding itself holds the full image once (4 bytes a pixel), which Pillow bounds: it refuses
+        images above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million pixels). ``None``: no limit.
+
+    Returns
+    -------
+    array : np.ndarray
+        ``(H, W, 3)`` uint8 pixels.
+    info : dict
+        ``original_height``, ``original_width`` (the file's size) and ``reduced_by`` (``k``, 1 when whole).
+    """
+    from PIL import Image
+
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be an int >= 1 or None, got {max_pixels!r}")
+    with warnings.catch_warnings():
+        if max_pixels is not None:  # the limit below bounds memory; Pillow's bomb warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            factor = 1 if max_pixels is None else _reduction_factor(height, width, max_pixels)
+            image.load()
+            if image.mode == "P" or image.mode == "PA":
+                image = image.convert("RGBA")
+            elif image.mode == "CMYK" or image.mode == "YCbCr":
+                image = image.convert("RGB")
+            if factor > 1:
+                if image.mode == "1":
+                    image = image.convert("L")
+                elif image.mode.startswith("I;16"):
+                    image = image.convert("I")
+                image = image.reduce(factor)
+                warnings.warn(
+                    f"{path} is {height}x{width} ({height * width / 1e6:.1f} million pixels), above max_pixels="
+                    f"{max_pixels}: decoded at 1/{factor} of its size ({image.height}x{image.width})",
+                    UserWarning, stacklevel=2,
+                )
+            array = to_rgb_uint8(np.asarray(image))
+    return array, {"original_height": height, "original_width": width, "reduced_by": factor}
+
+
+def _reduction_factor(height: int, width: int, max_pixels: int) -> int:
+    """The smallest integer ``k`` with ``ceil(height / k) * ceil(width / k) <= max_pixels``."""
+    factor = max(1, math.isqrt(height * width // max_pixels))
+    while -(-height // factor) * -(-width // factor) > max_pixels:
+        factor += 1
+    return factor
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """Decode one image file (palette, 16-bit, gray, RGBA all handled) to ``(H, W, 3)`` uint8."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.load()
-        if image.mode == "P" or image.mode == "PA":
-            image = image.convert("RGBA")
-        elif image.mode == "CMYK" or image.mode == "YCbCr":
-            image = image.convert("RGB")
-        return to_rgb_uint8(np.asarray(image))
+    """Decode one image file (palette, 16-bit, gray, RGBA all handled) to ``(H, W, 3)`` uint8, whole."""
+    return decode_image(path)[0]
 
 
-def folder_dataset(root) -> ImageSource:
-    """Every image under ``root`` (recursive); the first folder below ``root`` is the label, ImageNet style."""
+def folder_dataset(root, max_pixels: int | None = None) -> ImageSource:
+    """Every image under ``root`` (recursive); the first folder below ``root`` is the label, ImageNet style.
+
+    ``max_pixels`` bounds each decoded image (see ``decode_image``); ``None`` decodes every image whole.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"root must be an existing directory, got {str(root)!r}")
@@ -179,13 +238,15 @@ def folder_dataset(root) -> ImageSource:
 
     def load(path):
         relative = path.relative_to(root)
-        return read_image_file(path), {
+        array, info = decode_image(path, max_pixels)
+        return array, {
             "name": str(relative.with_suffix("")),
             "source": str(path),
             "label": relative.parts[0] if len(relative.parts) > 1 else None,
+            **info,
         }
 
-    return ImageSource(f"folder:{root}", paths, load)
+    return ImageSource(f"folder:{root}", paths, load, item_name=lambda path: path.relative_to(root).as_posix())
 
 
 DATASETS = {"skimage": skimage_dataset, "synthetic": synthetic_dataset, "folder": folder_dataset}
@@ -270,7 +331,8 @@ def iter_images(
                 continue
             array, meta = result
             pixels = torch.from_numpy(array).permute(2, 0, 1).float()
-            meta = dict(meta, dataset=source.name, original_height=array.shape[0], original_width=array.shape[1])
+            meta = {"original_height": array.shape[0], "original_width": array.shape[1], **meta,
+                    "dataset": source.name, "item": source.item_name(item)}
             yield resize_image(pixels, resize, image_size, patch_size), meta
 
 

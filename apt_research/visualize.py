@@ -1,34 +1,64 @@
 """``apt-research visualize``: the seed's output layout for one image, written atomically.
 
-    OUT/<image>/01_heatmaps/importance_map_scale_{ps}.png
-    OUT/<image>/02_patches_grid/patches_visualization.jpg
-    OUT/<image>/03_original_resized/original_image.jpg, resized_image.jpg
-    OUT/<image>/04_reconstruction/reconstruction.png
-    OUT/<image>/summary.json
+    OUT/<name>/01_heatmaps/importance_map_scale_{ps}.png
+    OUT/<name>/02_patches_grid/patches_visualization.jpg
+    OUT/<name>/03_original_resized/original_image.jpg, resized_image.jpg
+    OUT/<name>/04_reconstruction/reconstruction.png
+    OUT/<name>/summary.json
+
+``<name>`` comes from the image's name through ``output_names``: one plain directory name, never
+empty, ``.``, ``..``, hidden, absolute or containing a separator, distinct for distinct images. A
+directory is only ever replaced by ``write_visualization`` if ``foreign_content`` finds nothing in it
+that this module did not write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import torch
 
 from . import figures
-from ._validation import check_thresholds
+from ._io import write_atomic
+from ._validation import check_device, check_int, check_thresholds
 from .analysis import fidelity, reconstruct, token_record
 from .datasets import RESIZE_POLICIES, resize_image
 from .scorers import compute_importance_maps, scorer_options
 from .selection import select_patches_by_threshold
 
+WRITTEN_BY = "apt-research visualize"
+"""``summary.json["written_by"]``: how ``foreign_content`` recognises a directory this module wrote."""
+
+MAX_NAME_LENGTH = 100
+DISPLAY_MAX_SIDE = 1024
+"""The original image is shown (``original_image.jpg``) with its long side at most this many pixels."""
+
+# The smallest side SSIM (scikit-image's default 7 x 7 window) is computed on.
+MIN_IMAGE_SIDE = 7
+
+_LAYOUT = re.compile(
+    r"summary\.json|01_heatmaps|01_heatmaps/importance_map_scale_\d+\.png|02_patches_grid"
+    r"|02_patches_grid/patches_visualization\.jpg|03_original_resized"
+    r"|03_original_resized/(original|resized)_image\.jpg|04_reconstruction|04_reconstruction/reconstruction\.png"
+)
+_UNSAFE = re.compile(r"[^\w.-]")
+_EDGE = re.compile(r"^[.-]+|\.+$")
+
 
 @dataclass
 class VisualizeConfig:
+    """The parameters of one visualisation; ``check`` validates them, naming the command line option."""
+
     image_size: int = 336
     resize: str = "short_side"
     patch_size: int = 16
@@ -37,16 +67,106 @@ class VisualizeConfig:
     method: str = "entropy"
     bins: int = 512
     device: str = "cpu"
+    max_pixels: int = 25_000_000
 
     def check(self) -> "VisualizeConfig":
+        """Validate every field (each error names its ``--option`` and value); returns ``self``."""
+        check_int("--patch-size", self.patch_size, 1)
+        check_int("--num-scales", self.num_scales, 1)
+        check_int("--bins", self.bins, 2)
+        if self.bins > 65536:
+            raise ValueError(f"--bins must be an int in [2, 65536] (more bins only split float rounding of "
+                             f"8-bit gray values), got {self.bins}")
+        check_int("--max-pixels", self.max_pixels, 1)
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"--resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+        check_int("--image-size", self.image_size, 1)
+        coarsest = self.patch_size * 2 ** (self.num_scales - 1)
+        smallest = max(coarsest, MIN_IMAGE_SIDE)
+        if self.resize != "native" and self.image_size < smallest:
+            raise ValueError(
+                f"--image-size must be at least {smallest} (the coarsest patch, --patch-size * 2**(--num-scales - 1)"
+                f" = {coarsest} px, and the {MIN_IMAGE_SIDE} px SSIM window), got {self.image_size}"
+            )
         self.thresholds = check_thresholds(self.thresholds, self.num_scales, "--thresholds")
-        scorer_options(self.method)
+        try:
+            scorer_options(self.method)
+        except ValueError as error:
+            raise ValueError(f"--method: {error}") from error
+        check_device("--device", self.device)
         return self
 
     def scorer_options(self) -> dict:
         return {"bins": self.bins} if self.method == "entropy" else {}
+
+
+def output_names(keys: Sequence[str]) -> dict[str, str]:
+    """One safe, distinct directory name per image name.
+
+    Parameters
+    ----------
+    keys : sequence of str
+        Image names unique among themselves, such as file names (``photo.jpg``) or paths relative to a
+        data set's folder (``cats/a.png``); a final image suffix (``.png``) is dropped.
+
+    Returns
+    -------
+    dict
+        ``{key: name}``. Folders are joined by ``__``, every character other than a letter, digit, ``_``,
+        ``-`` or ``.`` becomes ``_``, as does each leading dot or dash and each trailing dot (``..png``
+        -> ``_``, ``-rf.png`` -> ``_rf``), and an empty name becomes ``image``. Names that then coincide (ignoring case: ``photo.jpg`` and
+        ``photo.png``, ``a/b.png`` and ``a__b.png``) or exceed ``MAX_NAME_LENGTH`` characters get
+        ``+`` and the first 10 hex digits of the key's SHA-256; no other name contains ``+``.
+
+    Examples
+    --------
+    >>> output_names(["a/b.png", "a__b.png", "...png", "cat.jpg"])["cat.jpg"]
+    'cat'
+    >>> output_names(["...png"])
+    {'...png': '__'}
+    """
+    bases = {}
+    for key in keys:
+        parts = str(key).split("/")
+        stem, dot, suffix = parts[-1].rpartition(".")
+        if dot and stem and suffix:
+            parts[-1] = stem
+        name = "__".join(_EDGE.sub(lambda m: "_" * len(m.group()), _UNSAFE.sub("_", part)) for part in parts)
+        bases[key] = name or "image"
+    counts: dict[str, int] = {}
+    for name in bases.values():
+        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    names = {}
+    for key, name in bases.items():
+        if counts[name.casefold()] > 1 or len(name) > MAX_NAME_LENGTH:
+            digest = hashlib.sha256(str(key).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            name = f"{name[:MAX_NAME_LENGTH - 11]}+{digest}"
+        names[key] = name
+    return names
+
+
+def foreign_content(directory) -> str | None:
+    """Why ``directory`` is not a visualisation this module wrote, or ``None`` if it is one.
+
+    It is one if it is a real directory (not a link) whose ``summary.json`` says ``written_by:
+    "apt-research visualize"`` and which holds nothing else than the layout's files and folders.
+    """
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return f"{directory} is not a directory"
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict) or summary.get("written_by") != WRITTEN_BY:
+        return f"{directory} has no summary.json written by {WRITTEN_BY}"
+    for top, folders, files in os.walk(directory):
+        for entry in folders + files:
+            path = Path(top, entry)
+            relative = path.relative_to(directory).as_posix()
+            if path.is_symlink() or not _LAYOUT.fullmatch(relative):
+                return f"{directory} holds {relative}, which {WRITTEN_BY} does not write"
+    return None
 
 
 def analyse(pixels: torch.Tensor, config: VisualizeConfig):
@@ -64,12 +184,34 @@ def _json_number(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_visualization(pixels: torch.Tensor, meta: dict, out_dir: Path, config: VisualizeConfig) -> Path:
-    """Write the layout for one image into ``out_dir`` (replaced whole, never left half-written)."""
-    resized, maps, masks, recon, metrics = analyse(pixels, config)
+def _display_copy(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` with the long side shrunk to ``DISPLAY_MAX_SIDE`` (antialiased) if it is longer."""
+    height, width = pixels.shape[-2:]
+    scale = DISPLAY_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return pixels
+    return resize_image(pixels, "resize", (max(1, round(height * scale)), max(1, round(width * scale))))
+
+
+def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: VisualizeConfig) -> Path:
+    """Write the layout for one ``(3, H, W)`` image into ``out_dir``; returns ``out_dir``.
+
+    The files are written under a new temporary directory beside ``out_dir``, which is then renamed
+    onto it. An existing ``out_dir`` is replaced only if ``foreign_content`` finds it to be an earlier
+    visualisation and nothing else (else ``FileExistsError``); nothing else beside it is touched.
+    """
     out_dir = Path(out_dir)
+    if out_dir.name in ("", ".", ".."):
+        raise ValueError(f"out_dir must end in a directory name, got {str(out_dir)!r}")
+    if os.path.lexists(out_dir) and (reason := foreign_content(out_dir)):
+        raise FileExistsError(f"will not replace {out_dir}: {reason}")
+    if min(pixels.shape[-2:]) < MIN_IMAGE_SIDE and config.resize == "native":
+        raise ValueError(f"--no-resize: image {meta.get('source')} is {tuple(pixels.shape[-2:])}, smaller than the "
+                         f"{MIN_IMAGE_SIDE} px SSIM window; drop --no-resize")
+    resized, maps, masks, recon, metrics = analyse(pixels, config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    retired = None
     try:
         label = "entropy (bits)" if config.method == "entropy" else f"{config.method} score"
         for size in sorted(maps):
@@ -78,7 +220,7 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir: Path, config:
             plt.close(figure)
         for name, figure in [
             ("02_patches_grid/patches_visualization.jpg", figures.plot_patch_grid(resized, masks)),
-            ("03_original_resized/original_image.jpg", figures.plot_image(pixels, "original")),
+            ("03_original_resized/original_image.jpg", figures.plot_image(_display_copy(pixels), "original")),
             ("03_original_resized/resized_image.jpg", figures.plot_image(resized[0], "resized")),
             ("04_reconstruction/reconstruction.png",
              figures.plot_image(recon[0], f"PSNR {metrics['psnr']:.1f} dB, SSIM {metrics['ssim']:.3f}")),
@@ -86,6 +228,8 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir: Path, config:
             figures.save_figure(figure, staging / name)
             plt.close(figure)
         summary = {
+            "written_by": WRITTEN_BY,
+            "source": meta.get("source"),
             "image": meta,
             "image_size": list(resized.shape[-2:]),
             **token_record(masks, 0),
@@ -93,11 +237,21 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir: Path, config:
             "ssim": metrics["ssim"],
             "parameters": asdict(config),
         }
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        write_atomic(staging / "summary.json", json.dumps(summary, indent=2, default=str))
+        if os.path.lexists(out_dir):
+            if reason := foreign_content(out_dir):  # checked again: something may have been added meanwhile
+                raise FileExistsError(f"will not replace {out_dir}: {reason}")
+            retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            out_dir.rename(retired / out_dir.name)
+            try:
+                staging.rename(out_dir)
+            except OSError:
+                (retired / out_dir.name).rename(out_dir)
+                raise
+        else:
+            staging.rename(out_dir)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        for directory in (staging, retired):
+            if directory is not None and directory.exists():
+                shutil.rmtree(directory)
     return out_dir

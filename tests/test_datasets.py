@@ -3,12 +3,18 @@
 import numpy as np
 import pytest
 import torch
+from einops import reduce
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from skimage import data
 
 from apt_research import compute_patch_entropy_batched
 from apt_research.datasets import (
     SKIMAGE_NAMES,
+    _reduction_factor,
+    decode_image,
+    folder_dataset,
     iter_batches,
     iter_images,
     load_dataset,
@@ -62,6 +68,9 @@ def test_folder_reads_every_format_and_skips_corrupt_files(tmp_path):
         loaded = list(iter_images(source, "resize", 64, progress=False, workers=3))
     names = {meta["name"]: meta for _, meta in loaded}
     assert set(names) == {"cats/a", "docs/deep/gray", "docs/sixteen", "palette", "rgba", "tiff"}
+    assert names["docs/deep/gray"]["item"] == "docs/deep/gray.png" and names["tiff"]["item"] == "tiff.tif"
+    assert [source.item_name(path) for path in source.items] == sorted(
+        p.relative_to(tmp_path).as_posix() for p in source.items)
     assert names["cats/a"]["label"] == "cats" and names["palette"]["label"] is None
     assert [s["item"].endswith("corrupt.jpg") for s in source.skipped] == [True]
     sixteen = next(p for p, m in loaded if m["name"] == "docs/sixteen")
@@ -115,3 +124,48 @@ def test_bundled_images_are_the_same_on_every_load():
     first = [p for p, _ in iter_images(skimage_dataset(["binary_blobs", "camera"]), "native", progress=False)]
     again = [p for p, _ in iter_images(skimage_dataset(["binary_blobs", "camera"]), "native", progress=False)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@given(st.integers(1, 20000), st.integers(1, 20000), st.integers(1, 10**8))
+def test_reduction_factor_is_the_smallest_that_fits(height, width, max_pixels):
+    factor = _reduction_factor(height, width, max_pixels)
+    assert -(-height // factor) * -(-width // factor) <= max_pixels
+    assert factor == 1 or -(-height // (factor - 1)) * -(-width // (factor - 1)) > max_pixels
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"])
+def test_decoding_shrunk_is_the_block_mean_of_decoding_whole(tmp_path, mode):
+    rgb = data.chelsea()[:240, :360]
+    image = Image.fromarray(rgb)
+    if mode == "I;16":
+        image = Image.fromarray(rgb[..., 1].astype(np.uint16) * 257)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path = tmp_path / f"{mode.replace(';', '')}.png"
+    image.save(path)
+    whole, whole_info = decode_image(path)
+    with pytest.warns(UserWarning, match=r"240x360 .* decoded at 1/3 of its size \(80x120\)"):
+        shrunk, info = decode_image(path, max_pixels=80 * 120)
+    assert whole_info == {"original_height": 240, "original_width": 360, "reduced_by": 1}
+    assert info == {"original_height": 240, "original_width": 360, "reduced_by": 3}
+    expected = reduce(whole.astype(np.float64), "(h 3) (w 3) c -> h w c", "mean")
+    assert shrunk.shape == (80, 120, 3) and shrunk.dtype == np.uint8
+    assert np.abs(shrunk - expected).max() <= 1.0
+
+
+def test_a_folder_decodes_within_max_pixels(tmp_path):
+    Image.fromarray(np.tile(data.chelsea(), (3, 3, 1))).save(tmp_path / "big.png")  # 900 x 1353
+    Image.fromarray(data.camera()[:100, :100]).save(tmp_path / "small.png")
+    with pytest.warns(UserWarning, match="big.png is 900x1353"):
+        loaded = {meta["item"]: (pixels, meta) for pixels, meta in
+                  iter_images(folder_dataset(tmp_path, max_pixels=200_000), "native", progress=False)}
+    assert loaded["big.png"][0].shape == (3, 300, 451) and loaded["big.png"][1]["reduced_by"] == 3
+    assert (loaded["big.png"][1]["original_height"], loaded["big.png"][1]["original_width"]) == (900, 1353)
+    assert loaded["small.png"][0].shape == (3, 100, 100) and loaded["small.png"][1]["reduced_by"] == 1
+
+
+def test_decode_image_refuses_a_bad_max_pixels(tmp_path):
+    Image.fromarray(data.camera()).save(tmp_path / "camera.png")
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match=f"max_pixels must be an int >= 1 or None, got {bad!r}"):
+            decode_image(tmp_path / "camera.png", bad)

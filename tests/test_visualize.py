@@ -57,26 +57,108 @@ def test_folder_with_a_corrupt_file(tmp_path, capsys):
     assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
 
 
+def _run(argv, capsys):
+    """Exit code and stderr lines of ``apt-research ARGV`` (argparse's own errors included)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["visualize", "{missing}"], "no such file"),
-    (["visualize", "{corrupt}"], "cannot read image"),
-    (["visualize", "skimage:astronaut", "--thresholds", "5.0"], "num_scales - 1 = 2"),
-    (["visualize", "skimage:astronaut", "--method", "sobel"], "method must be one of"),
-    (["visualize", "skimage:astronaut", "--resize", "stretch"], "--resize must be one of"),
-    (["visualize", "skimage:lena"], "names must be bundled"),
+    (["{missing}"], "no such file"),
+    (["{corrupt}"], "cannot be read"),
+    (["skimage:lena"], "names must be bundled"),
 ])
-def test_failures_exit_non_zero_with_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+def test_bad_images_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, message):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"nope")
     argv = [a.format(missing=tmp_path / "missing.jpg", corrupt=corrupt) for a in argv]
     out = tmp_path / "out"
-    assert main(argv + ["--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and err[0].startswith("apt-research visualize: error:")
+    code, err = _run(["visualize", *argv, "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and message in err[0] and err[0].startswith("apt-research visualize: error:")
     assert not out.exists()
 
 
-def test_unknown_option_exits_non_zero(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["visualize", "skimage:astronaut", "--colour", "red"])
-    assert info.value.code == 2
+# (arguments, the option the one line must name, the value it must show)
+BAD_OPTIONS = {
+    "bins 1": (["--bins", "1"], "--bins", "1"),
+    "bins too many": (["--bins", "70000"], "--bins", "70000"),
+    "bins not a number": (["--bins", "many"], "--bins", "many"),
+    "bins without value": (["--bins"], "--bins", ""),
+    "patch size 0": (["--patch-size", "0"], "--patch-size", "0"),
+    "image size 0": (["--image-size", "0"], "--image-size", "0"),
+    "image size below the coarsest patch": (["--image-size", "32"], "--image-size", "32"),
+    "num scales 0": (["--num-scales", "0"], "--num-scales", "0"),
+    "device bogus": (["--device", "bogus"], "--device", "bogus"),
+    "device absent": (["--device", "cuda:99"], "--device", "cuda:99"),
+    "max pixels 0": (["--max-pixels", "0"], "--max-pixels", "0"),
+    "thresholds not numbers": (["--thresholds", "high"], "--thresholds", "high"),
+    "thresholds not finite": (["--thresholds", "nan", "4"], "--thresholds", "nan"),
+    "thresholds count": (["--thresholds", "5.0"], "--thresholds", "5.0"),
+    "resize unknown": (["--resize", "stretch"], "--resize", "stretch"),
+    "method unknown": (["--method", "sobel"], "--method", "sobel"),
+    "no-resize with resize": (["--no-resize", "--resize", "resize"], "--no-resize", "resize"),
+    "out is a file": (["--out", "{file}"], "--out", "{file}"),
+    "out below a file": (["--out", "{file}/sub"], "--out", "{file}"),
+    "unknown option": (["--colour", "red"], "--colour", "red"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OPTIONS)
+def test_each_bad_option_exits_2_with_one_line_naming_it_before_any_work(tmp_path, capsys, case):
+    argv, option, value = BAD_OPTIONS[case]
+    user_file = tmp_path / "results.csv"
+    user_file.write_text("a,b")
+    argv = [a.format(file=user_file) for a in argv]
+    out_args = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
+    code, err = _run(["visualize", "skimage:camera", *argv, *out_args], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert option in err[0] and value.format(file=user_file) in err[0] and "Traceback" not in err[0], err
+    assert err[0].startswith("apt-research"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"] and user_file.read_text() == "a,b"
+
+
+@pytest.mark.parametrize("thresholds", [["6", "5"], ["6,5"], ["[6, 5]"], ["6", "5,"]])
+def test_thresholds_space_or_comma_separated(tmp_path, thresholds):
+    out = tmp_path / "out"
+    assert main(["visualize", "skimage:camera", "--out", str(out), "--image-size", "64", "--thresholds", *thresholds]) == 0
+    assert json.loads((out / "camera" / "summary.json").read_text())["parameters"]["thresholds"] == [6.0, 5.0]
+
+
+def test_thresholds_before_image_and_for_one_scale(tmp_path):
+    out = tmp_path / "out"
+    assert main(["visualize", "--out", str(out), "--image-size", "64", "--num-scales", "1", "--thresholds", "--",
+                 "skimage:camera"]) == 0
+    summary = json.loads((out / "camera" / "summary.json").read_text())
+    assert summary["parameters"]["thresholds"] == [] and summary["tokens_total"] == summary["tokens_base_grid"] == 16
+
+
+@pytest.mark.parametrize("flag", ["--no-resize", "--no_resize"])
+def test_no_resize_keeps_the_native_size(tmp_path, flag):
+    image = tmp_path / "wide.png"
+    Image.fromarray(data.chelsea()).save(image)
+    assert main(["visualize", str(image), "--out", str(tmp_path / "out"), flag]) == 0
+    summary = json.loads((tmp_path / "out" / "wide" / "summary.json").read_text())
+    assert summary["image_size"] == [300, 451] and summary["parameters"]["resize"] == "native"
+    assert summary["tokens_base_grid"] == 19 * 29
+
+
+def test_huge_images_are_decoded_shrunk_with_a_warning(tmp_path):
+    image = tmp_path / "huge.png"
+    Image.fromarray(np.tile(data.chelsea(), (2, 2, 1))).save(image)  # 600 x 902
+    with pytest.warns(UserWarning, match=r"600x902 .* above max_pixels=61000: decoded at 1/3 of its size \(200x301\)"):
+        assert main(["visualize", str(image), "--out", str(tmp_path / "out"), "--no-resize",
+                     "--max-pixels", "61000"]) == 0
+    summary = json.loads((tmp_path / "out" / "huge" / "summary.json").read_text())
+    assert summary["image_size"] == [200, 301] and summary["image"]["reduced_by"] == 3
+    assert (summary["image"]["original_height"], summary["image"]["original_width"]) == (600, 902)
+
+
+def test_the_original_is_shown_shrunk(tmp_path):
+    image = tmp_path / "long.png"
+    Image.fromarray(np.tile(data.chelsea(), (1, 8, 1))).save(image)  # 300 x 3608
+    assert main(["visualize", str(image), "--out", str(tmp_path / "out"), "--image-size", "64"]) == 0
+    with Image.open(tmp_path / "out" / "long" / "03_original_resized" / "original_image.jpg") as shown:
+        assert shown.width < 1600, "shown at most 1024 pixels wide, not 3608"
