@@ -13,6 +13,7 @@ import seaborn as sns
 
 from .. import figures
 from .._io import atomic_path, write_atomic
+from ..report_html import write_html_report
 from .runner import is_finished
 
 CONFIG_COLUMNS = ["resize", "image_size", "patch_size", "num_scales", "bins", "method", "method_options",
@@ -177,7 +178,7 @@ def _markdown_table(table: pd.DataFrame, floatfmt=".3f") -> str:
 
 
 def build_report(sweep_dir) -> Report:
-    """Write ``summary.parquet``, ``summary.csv``, ``report.md`` and ``figures/`` for a sweep directory."""
+    """Write ``summary.parquet``, ``summary.csv``, ``report.md``, ``report.html`` and ``figures/`` for a sweep directory."""
     sweep_dir = Path(sweep_dir)
     records, problems = load_records(sweep_dir)
     lines = [f"# Sweep report: {sweep_dir.name}", ""]
@@ -225,4 +226,5 @@ def build_report(sweep_dir) -> Report:
         lines.append("")
     markdown = "\n".join(lines)
     write_atomic(sweep_dir / "report.md", markdown)
+    write_html_report(sweep_dir, markdown)
     return Report(sweep_dir / "report.md", records, summary, markdown)
