@@ -1,13 +1,17 @@
 """Figures for notebooks and papers: entropy heatmaps, patch grids, reconstructions, panels.
 
 Every function returns a matplotlib ``Figure``; ``save_figure`` writes it as
-PDF and PNG atomically. ``paper_style`` sets one seaborn theme with fonts sized
-for a paper column.
+PDF and PNG atomically, with every legend outside the data. ``paper_style`` sets
+one seaborn theme with fonts sized for a paper column; ``figure_size`` gives one-
+and two-column sizes; ``dataset_palette`` gives each data set one colour in every
+figure.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -24,19 +28,100 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from ._io import atomic_path  # noqa: E402
 
 COLUMN_WIDTH_IN = 3.35
+TWO_COLUMN_WIDTH_IN = 6.9
 SCALE_COLOURS = sns.color_palette("colorblind", 6)
+DATASET_COLOURS = sns.color_palette("tab10", 10)
+BUILTIN_DATASET_COLOURS = {"skimage": DATASET_COLOURS[0], "synthetic": DATASET_COLOURS[1]}
+HEATMAP_CMAP = "Reds"
 
 
 def paper_style() -> None:
-    """Seaborn 'paper' theme, white grid, 8-pt fonts, tight PDF fonts (Type 42)."""
+    """Seaborn 'paper' theme, white grid, 8-pt fonts, tight PDF fonts (Type 42).
+
+    Also hides the one deprecation seaborn 0.13 triggers in matplotlib >= 3.10 on every box plot
+    (it passes ``vert=`` to ``Axes.boxplot``); any other warning still reaches the user.
+    """
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9,
                   rc={"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "figure.dpi": 100,
                       "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
                       "ytick.labelsize": 7})
+    # seaborn's own call, not the user's: matplotlib attributes the warning to the seaborn module.
+    warnings.filterwarnings("ignore", message=r"(?s).*vert: bool", module=r"seaborn\.")
 
 
-def save_figure(figure, path, formats=("pdf", "png")) -> list[Path]:
-    """Write ``figure`` to ``path`` with each suffix in ``formats`` (or to ``path`` itself if it has one), atomically."""
+def figure_size(columns: int = 1, aspect: float = 0.72) -> tuple[float, float]:
+    """``(width, height)`` in inches of a figure one or two paper columns wide.
+
+    Parameters
+    ----------
+    columns : {1, 2}
+        1 for one column (3.35 in), 2 for the full text width of a two-column paper (6.9 in).
+    aspect : float
+        Height over width.
+    """
+    if columns not in (1, 2):
+        raise ValueError(f"columns must be 1 or 2 (paper columns), got {columns!r}")
+    if not aspect > 0:
+        raise ValueError(f"aspect must be a positive height/width ratio, got {aspect!r}")
+    width = COLUMN_WIDTH_IN if columns == 1 else TWO_COLUMN_WIDTH_IN
+    return width, width * aspect
+
+
+def dataset_palette(names) -> dict[str, tuple[float, float, float]]:
+    """One fixed colour per data set name, the same in every figure and every sweep.
+
+    The bundled data sets have their own colours; any other name (a folder) gets the colour a hash
+    of its name picks, moved to the next free colour when two names of one call would share it.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Data set names as the records spell them.
+
+    Returns
+    -------
+    dict
+        ``{name: RGB}``, usable as seaborn's ``palette=``.
+    """
+    palette = {name: BUILTIN_DATASET_COLOURS[name] for name in names if name in BUILTIN_DATASET_COLOURS}
+    free = [i for i, colour in enumerate(DATASET_COLOURS) if colour not in palette.values()]
+    for name in sorted(set(names) - set(palette)):
+        start = zlib.crc32(str(name).encode()) % len(DATASET_COLOURS)
+        order = sorted(free, key=lambda i: (i - start) % len(DATASET_COLOURS)) or [start]
+        palette[name] = DATASET_COLOURS[order[0]]
+        if free:
+            free.remove(order[0])
+    return palette
+
+
+def legends_outside(figure) -> None:
+    """Move every legend of ``figure`` off the data: right of the last axes of its row.
+
+    A legend of another axes in that row with the same labels as the one kept is removed; one with
+    other labels goes below its axes.
+    """
+    axes = [ax for ax in figure.get_axes() if ax.get_legend() is not None and ax.get_label() != "<colorbar>"]
+    for ax in axes:
+        row = [other for other in axes if abs(other.get_position().y0 - ax.get_position().y0) < 1e-6]
+        rightmost = max(row, key=lambda other: other.get_position().x1)
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        if ax is rightmost:
+            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        elif labels == [text.get_text() for text in rightmost.get_legend().get_texts()]:
+            ax.get_legend().remove()
+        else:
+            sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.25), frameon=False, ncol=2)
+
+
+def save_figure(figure, path, formats=("pdf", "png"), legends: str = "outside") -> list[Path]:
+    """Write ``figure`` to ``path`` with each suffix in ``formats`` (or to ``path`` itself if it has one), atomically.
+
+    ``legends="outside"`` first moves every legend off the data (``legends_outside``); ``"keep"`` leaves them.
+    """
+    if legends not in ("outside", "keep"):
+        raise ValueError(f"legends must be 'outside' or 'keep', got {legends!r}")
+    if legends == "outside":
+        legends_outside(figure)
     path = Path(path)
     targets = [path] if path.suffix else [path.with_suffix(f".{fmt}") for fmt in formats]
     for target in targets:
@@ -52,12 +137,12 @@ def _image_array(pixels: torch.Tensor) -> np.ndarray:
 
 
 def plot_heatmap(scale_map: torch.Tensor, patch_size: int, pad_value: float = 1e6, ax=None, label="entropy (bits)"):
-    """One scale's ``(h, w)`` score map; padded border patches shown grey, colour bar in bits."""
+    """One scale's ``(h, w)`` score map: high scores dark red, padded border patches grey, colour bar in bits."""
     values = scale_map.detach().cpu().double().numpy()
     values = np.ma.masked_where(values >= pad_value, values)
     figure = ax.figure if ax is not None else plt.figure(figsize=(COLUMN_WIDTH_IN * 0.8, COLUMN_WIDTH_IN * 0.7))
     ax = ax if ax is not None else figure.add_subplot()
-    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.8")
+    cmap = matplotlib.colormaps[HEATMAP_CMAP].with_extremes(bad="0.6")
     shown = ax.imshow(values, cmap=cmap, interpolation="nearest")
     ax.set_title(f"{patch_size} px patches")
     ax.set_xticks([])
@@ -100,6 +185,43 @@ def plot_patch_grid(pixels: torch.Tensor, masks: dict[int, torch.Tensor], index:
     ax.grid(False)
     total = sum(int(masks[size][index].sum()) for size in masks)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=f"{total} tokens", frameon=False)
+    return figure
+
+
+def plot_dataset_examples(examples, columns: int = 2):
+    """Example images with their patch grids, one row per data set, the row named in the data set's colour.
+
+    Parameters
+    ----------
+    examples : dict
+        ``{dataset: [(title, pixels, masks), ...]}``: ``pixels`` one ``(C, H, W)`` image in [0, 255],
+        ``masks`` its selection ``{patch_size: (h, w) bool}``.
+    columns : {1, 2}
+        Paper columns the figure spans.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not examples or not all(examples.values()):
+        raise ValueError(f"examples must map each data set to at least one (title, pixels, masks), got {examples!r}")
+    width = figure_size(columns)[0]
+    per_row = max(len(items) for items in examples.values())
+    cell = width / per_row
+    figure, axes = plt.subplots(len(examples), per_row, figsize=(width, cell * len(examples) + 0.3 * len(examples)),
+                                squeeze=False)
+    colours = dataset_palette(list(examples))
+    for row, (dataset, items) in zip(axes, examples.items()):
+        for ax in row:
+            ax.set_axis_off()
+        for ax, (title, pixels, masks) in zip(row, items):
+            ax.set_axis_on()
+            plot_patch_grid(pixels[None], {size: mask[None] for size, mask in masks.items()}, ax=ax)
+            ax.get_legend().remove()
+            tokens = sum(int(mask.sum()) for mask in masks.values())
+            ax.set_title(f"{title}: {tokens} tokens", fontsize=7)
+        row[0].set_ylabel(dataset, color=colours[dataset], fontsize=8)
+    figure.tight_layout()
     return figure
 
 

@@ -13,6 +13,7 @@ import seaborn as sns
 
 from .. import figures
 from .._io import atomic_path, write_atomic
+from ..report_html import write_html_report
 from .layout import read_skipped, run_state
 from .parameters import PARAMETERS
 
@@ -268,7 +269,7 @@ def _results_markdown(sweep_dir: Path, records: pd.DataFrame, summary: pd.DataFr
 
 
 def build_report(sweep_dir) -> Report:
-    """Write ``summary.parquet``, ``summary.csv``, ``report.md`` and ``figures/`` for a sweep directory.
+    """Write ``summary.parquet``, ``summary.csv``, ``report.md``, ``report.html`` and ``figures/`` for a sweep directory.
 
     The one entry point of the report: a run that failed, or whose records cannot be read, is listed
     with its cause; when no run finished, no earlier summary or figure is left beside the report.
@@ -305,4 +306,5 @@ def build_report(sweep_dir) -> Report:
         lines.append("")
     markdown = "\n".join(lines)
     write_atomic(sweep_dir / "report.md", markdown)
+    write_html_report(sweep_dir, markdown)
     return Report(sweep_dir / "report.md", records, summary, markdown)

@@ -1,0 +1,258 @@
+"""``report.html``: a sweep's ``report.md`` as one self-contained page, whole when mailed alone.
+
+The page is rendered from the markdown the report already wrote (so both say
+the same), with every figure embedded as a data URI, every linked file of the
+sweep directory (the figures' PDFs) embedded as a download, the sweep's
+``spec.yaml`` and a table of its runs and their parameters appended, and its
+styles inline. It references nothing outside itself.
+
+``example_patch_grids`` picks a few images of each data set of a sweep with
+their patch grids, for ``figures.plot_dataset_examples``. ``find_chromium`` and
+``screenshot`` render a page with headless Chromium (the tests and the README's
+screenshot use them).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import mimetypes
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import jinja2
+import mistune
+import pandas as pd
+
+from ._io import write_atomic
+
+log = logging.getLogger(__name__)
+
+MAX_EMBED_BYTES = 20 * 2**20
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars")
+
+PAGE = jinja2.Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328; margin: 0 auto;
+       max-width: 1180px; padding: 24px 32px 48px; }
+h1 { font-size: 1.8em; border-bottom: 1px solid #d0d7de; padding-bottom: .3em; }
+h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #eaeef2; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; font-variant-numeric: tabular-nums;
+        display: block; overflow-x: auto; max-width: 100%; }
+th, td { border: 1px solid #d0d7de; padding: 4px 9px; white-space: nowrap; }
+th { background: #f3f5f8; font-weight: 600; }
+tr:nth-child(even) td { background: #f8fafc; }
+code, pre { font: 12.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f3f5f8;
+            border-radius: 4px; }
+code { padding: 1px 4px; }
+pre { padding: 10px 14px; overflow-x: auto; }
+pre code { padding: 0; background: none; }
+img { max-width: calc(50% - 40px); height: auto; vertical-align: top; margin: 8px 0 8px 0;
+      border: 1px solid #eaeef2; }
+a[download] { display: inline-block; vertical-align: top; margin: 8px 16px 0 2px; font-size: 12px; }
+a { color: #0969da; }
+.missing { color: #b00020; }
+</style>
+</head>
+<body>
+{{ body }}
+</body>
+</html>
+""", autoescape=False)
+
+
+def _data_uri(path: Path) -> str | None:
+    """``data:`` URI of a file of at most ``MAX_EMBED_BYTES``; ``None`` when larger."""
+    if path.stat().st_size > MAX_EMBED_BYTES:
+        return None
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+class _EmbeddingRenderer(mistune.HTMLRenderer):
+    """HTML renderer that embeds what the markdown links inside ``root`` and refuses anything else local."""
+
+    def __init__(self, root: Path):
+        super().__init__(escape=True)
+        self.root = root.resolve()
+
+    def _local(self, url: str) -> Path | None:
+        """The file a relative URL names inside ``root``; ``None`` for web links and anchors."""
+        parsed = urlparse(url)
+        if parsed.scheme or parsed.netloc or not parsed.path:
+            return None
+        return (self.root / unquote(parsed.path)).resolve()
+
+    def _embedded(self, url: str) -> tuple[str | None, str]:
+        """``(data URI or None, why not)`` for a local URL."""
+        path = self._local(url)
+        if not path.is_relative_to(self.root):
+            return None, "outside the sweep directory"
+        if not path.is_file():
+            return None, "missing"
+        uri = _data_uri(path)
+        return (uri, "") if uri else (None, f"over {MAX_EMBED_BYTES // 2**20} MiB")
+
+    def _not_embedded(self, text: str, url: str, why: str) -> str:
+        log.warning("report.html: %s not embedded (%s)", url, why)
+        return f'{text} <span class="missing">[{mistune.escape(url)}: {why}]</span>'
+
+    def image(self, text: str, url: str, title: str | None = None) -> str:
+        if self._local(url) is None:
+            return self._not_embedded(mistune.escape(text), url, "external images are not embedded")
+        uri, why = self._embedded(url)
+        if uri is None:
+            return self._not_embedded(mistune.escape(text), url, why)
+        caption = mistune.escape(title or text)
+        return f'<img src="{uri}" alt="{mistune.escape(text)}" title="{caption}">'
+
+    def link(self, text: str, url: str, title: str | None = None) -> str:
+        if self._local(url) is None:
+            return super().link(text, url, title)
+        uri, why = self._embedded(url)
+        if uri is None:
+            return self._not_embedded(text, url, why)
+        return f'<a href="{uri}" download="{mistune.escape(Path(unquote(url)).name)}">{text}</a>'
+
+
+def _fence(text: str) -> str:
+    """``text`` as a fenced code block whose fence no line of it can close."""
+    fence = "`" * max(3, max((len(run) for run in text.split() if set(run) == {"`"}), default=0) + 1)
+    return f"{fence}yaml\n{text.rstrip()}\n{fence}"
+
+
+def runs_table(sweep_dir) -> pd.DataFrame:
+    """One row per run directory: run id, state, duration and each parameter that differs between runs."""
+    rows = []
+    for run_dir in sorted(Path(sweep_dir, "runs").glob("*/")):
+        row = {"run_id": run_dir.name}
+        for name in ("status.json", "params.json"):
+            try:
+                values = json.loads((run_dir / name).read_text())
+            except (OSError, json.JSONDecodeError):
+                values = {}
+            if name == "status.json":
+                row.update(state=values.get("state", "incomplete"), duration_s=values.get("duration_s"))
+            else:
+                row.update({f"param:{key}": json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
+                            for key, value in values.items()})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    params = [column for column in table if column.startswith("param:")]
+    varying = [column for column in params if table[column].astype(str).nunique() > 1]
+    return table[[c for c in table if not c.startswith("param:")] + varying].rename(columns=lambda c: c.removeprefix("param:"))
+
+
+def render_html(sweep_dir, markdown: str) -> str:
+    """The self-contained page of a sweep directory whose report is ``markdown``.
+
+    Parameters
+    ----------
+    sweep_dir : path
+        The sweep directory; relative links and images of ``markdown`` resolve against it.
+    markdown : str
+        The text of ``report.md``.
+
+    Returns
+    -------
+    str
+        The HTML page.
+    """
+    sweep_dir = Path(sweep_dir)
+    sections = [markdown.rstrip()]
+    spec = sweep_dir / "spec.yaml"
+    if spec.is_file():
+        sections += ["## Sweep parameters (spec.yaml)", _fence(spec.read_text())]
+    runs = runs_table(sweep_dir)
+    if not runs.empty:
+        sections += ["## Runs and the parameters that vary between them", runs.to_markdown(index=False)]
+    render = mistune.create_markdown(renderer=_EmbeddingRenderer(sweep_dir), plugins=["table"])
+    title = next((line[2:].strip() for line in markdown.splitlines() if line.startswith("# ")), sweep_dir.name)
+    return PAGE.render(title=mistune.escape(title), body=render("\n\n".join(sections) + "\n"))
+
+
+def write_html_report(sweep_dir, markdown: str) -> Path:
+    """Write ``report.html`` beside ``report.md`` in ``sweep_dir`` (atomically) and return its path."""
+    path = Path(sweep_dir) / "report.html"
+    write_atomic(path, render_html(sweep_dir, markdown))
+    return path
+
+
+def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3) -> dict:
+    """A few images of each data set with their selection, for ``figures.plot_dataset_examples``.
+
+    For each data set, the first finished run's cached maps (``cache/``) and its first threshold
+    setting; data sets whose maps are not cached are left out.
+
+    Parameters
+    ----------
+    sweep_dir : path
+        The sweep directory.
+    records : pandas.DataFrame
+        The sweep's records (``dataset``, ``run_id``, ``thresholds`` columns).
+    per_data_set : int
+        Images shown per data set.
+
+    Returns
+    -------
+    dict
+        ``{dataset: [(image name, pixels (C, H, W), masks {patch_size: (h, w)}), ...]}``.
+    """
+    from .selection import select_patches_by_threshold
+    from .sweep.cache import cache_key, load_entry
+
+    examples = {}
+    for dataset, rows in records.groupby("dataset", sort=True):
+        first = rows.iloc[0]
+        params = json.loads((Path(sweep_dir) / "runs" / str(first["run_id"]) / "params.json").read_text())
+        entry = load_entry(Path(sweep_dir) / "cache" / f"{cache_key(params)}.npz")
+        if entry is None:
+            continue
+        thresholds = [float(value) for value in str(first["thresholds"]).split(",") if value]
+        items = []
+        for pixels, maps, meta in list(zip(*entry))[:per_data_set]:
+            masks = select_patches_by_threshold({size: scale_map[None] for size, scale_map in maps.items()}, thresholds)
+            items.append((meta["name"], pixels, {size: mask[0] for size, mask in masks.items()}))
+        examples[dataset] = items
+    return examples
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium or Chrome executable on ``PATH``; ``None`` if there is none."""
+    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+
+
+def screenshot(html: Path, png: Path, width: int = 1280, height: int = 1600, timeout: float = 120.0) -> Path:
+    """Render ``html`` in headless Chromium, offline, and write a ``width`` x ``height`` PNG of its top to ``png``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When no Chromium is installed (Debian: ``apt-get install chromium``).
+    RuntimeError
+        When Chromium exits without writing the screenshot (its output is in the message).
+    """
+    binary = find_chromium()
+    if binary is None:
+        raise FileNotFoundError(f"screenshot needs Chromium on PATH (one of {CHROMIUM_NAMES}); none found")
+    with tempfile.TemporaryDirectory(prefix="apt-chromium-") as scratch:
+        shot = Path(scratch) / "screenshot.png"
+        result = subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={scratch}/profile",
+                                 f"--window-size={width},{height}", f"--screenshot={shot}", Path(html).resolve().as_uri()],
+                                capture_output=True, text=True, timeout=timeout)
+        if not shot.is_file():
+            raise RuntimeError(f"Chromium wrote no screenshot of {html} (exit {result.returncode}): "
+                               f"{result.stderr[-2000:]}")
+        write_atomic(png, shot.read_bytes())
+    return Path(png)
