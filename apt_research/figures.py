@@ -228,7 +228,10 @@ def plot_dataset_examples(examples, columns: int = 2):
 def plot_image(pixels: torch.Tensor, title: str = "", ax=None):
     """One ``(C, H, W)`` image in [0, 255]."""
     height, width = pixels.shape[-2:]
-    size_in = (max(COLUMN_WIDTH_IN, width / 80), max(COLUMN_WIDTH_IN * height / width, height / 80))
+    dpi = plt.rcParams["savefig.dpi"]
+    inches_per_pixel = 1.25 / (plt.rcParams["figure.dpi"] if dpi == "figure" else dpi)  # about 1.25 saved px per px
+    size_in = (max(COLUMN_WIDTH_IN, width * inches_per_pixel),
+               max(COLUMN_WIDTH_IN * height / width, height * inches_per_pixel))
     figure = ax.figure if ax is not None else plt.figure(figsize=size_in)
     ax = ax if ax is not None else figure.add_subplot()
     ax.imshow(_image_array(pixels))

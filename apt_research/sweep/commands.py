@@ -11,7 +11,7 @@ from pathlib import Path
 MAX_RUNS = 1000
 """A spec expanding to more runs than this needs ``--yes``."""
 
-SWEEP_OUTPUTS = {"spec.yaml", "runs", "cache", "report.md", "summary.parquet", "summary.csv", "figures", ".sweep.lock"}
+SWEEP_OUTPUTS = {"spec.yaml", "runs", "cache", "report.md", "report.html", "summary.parquet", "summary.csv", "figures", ".sweep.lock"}
 """What a sweep writes into its directory; ``--out`` must be new, empty or hold only these."""
 
 
