@@ -29,7 +29,6 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import figures
-from ._io import write_atomic
 from ._validation import check_device, check_int, check_thresholds
 from .analysis import fidelity, reconstruct, token_record
 from .datasets import RESIZE_POLICIES, resize_image
@@ -83,6 +82,9 @@ class VisualizeConfig:
         check_int("--image-size", self.image_size, 1)
         if self.resize != "native":
             self.check_side(self.image_size, "--image-size")
+            if self.image_size**2 > self.max_pixels:
+                raise ValueError(f"--image-size {self.image_size} makes images of at least {self.image_size}^2 "
+                                 f"pixels, above --max-pixels {self.max_pixels}")
         self.thresholds = check_thresholds(self.thresholds, self.num_scales, "--thresholds")
         try:
             scorer_options(self.method)
@@ -111,16 +113,17 @@ def output_names(keys: Sequence[str]) -> dict[str, str]:
     ----------
     keys : sequence of str
         Image names unique among themselves, such as file names (``photo.jpg``) or paths relative to a
-        data set's folder (``cats/a.png``); a final image suffix (``.png``) is dropped.
+        data set's folder (``cats/a.png``); the last suffix (``.png``) is dropped.
 
     Returns
     -------
     dict
-        ``{key: name}``. Folders are joined by ``__``, every character other than a letter, digit, ``_``,
-        ``-`` or ``.`` becomes ``_``, as does each leading dot or dash and each trailing dot (``..png``
-        -> ``_``, ``-rf.png`` -> ``_rf``), and an empty name becomes ``image``. Names that then coincide (ignoring case: ``photo.jpg`` and
-        ``photo.png``, ``a/b.png`` and ``a__b.png``) or exceed ``MAX_NAME_LENGTH`` characters get
-        ``+`` and the first 10 hex digits of the key's SHA-256; no other name contains ``+``.
+        ``{key: name}``. Folders are joined by ``__``, every character other than a letter, digit,
+        ``_``, ``-`` or ``.`` becomes ``_``, as does each leading dot or dash and each trailing dot
+        (``..png`` -> ``_``, ``-rf.png`` -> ``_rf``), and an empty name becomes ``image``. Names that
+        then coincide, ignoring case (``photo.jpg`` and ``photo.png``, ``a/b.png`` and ``a__b.png``),
+        or exceed ``MAX_NAME_LENGTH`` characters get ``+`` and the first 10 hex digits of the key's
+        SHA-256; no other name contains ``+``.
 
     Examples
     --------
@@ -245,7 +248,7 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
             "ssim": metrics["ssim"],
             "parameters": asdict(config),
         }
-        write_atomic(staging / "summary.json", json.dumps(summary, indent=2, default=str))
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if os.path.lexists(out_dir):
             if reason := foreign_content(out_dir):  # checked again: something may have been added meanwhile
                 raise FileExistsError(f"will not replace {out_dir}: {reason}")

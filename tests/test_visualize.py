@@ -90,6 +90,7 @@ BAD_OPTIONS = {
     "patch size 0": (["--patch-size", "0"], "--patch-size", "0"),
     "image size 0": (["--image-size", "0"], "--image-size", "0"),
     "image size below the coarsest patch": (["--image-size", "32"], "--image-size", "32"),
+    "image size above max pixels": (["--image-size", "6000"], "--image-size", "6000"),
     "num scales 0": (["--num-scales", "0"], "--num-scales", "0"),
     "device bogus": (["--device", "bogus"], "--device", "bogus"),
     "device absent": (["--device", "cuda:99"], "--device", "cuda:99"),
@@ -123,7 +124,8 @@ def test_each_bad_option_exits_2_with_one_line_naming_it_before_any_work(tmp_pat
 @pytest.mark.parametrize("thresholds", [["6", "5"], ["6,5"], ["[6, 5]"], ["6", "5,"]])
 def test_thresholds_space_or_comma_separated(tmp_path, thresholds):
     out = tmp_path / "out"
-    assert main(["visualize", "skimage:camera", "--out", str(out), "--image-size", "64", "--thresholds", *thresholds]) == 0
+    argv = ["visualize", "skimage:camera", "--out", str(out), "--image-size", "64", "--thresholds", *thresholds]
+    assert main(argv) == 0
     assert json.loads((out / "camera" / "summary.json").read_text())["parameters"]["thresholds"] == [6.0, 5.0]
 
 
