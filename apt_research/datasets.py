@@ -2,9 +2,10 @@
 
 Each data set is a list of items, each with a name known before decoding
 (``ImageSource.item_name``); its loader turns an item into an ``(H, W, 3)``
-uint8 array plus metadata (name, source path, original size, label). ``iter_images`` decodes in parallel worker threads with a progress bar,
-skips unreadable files with a warning (listed in ``ImageSource.skipped``) and
-applies a resize policy; ``iter_batches`` stacks equally sized images.
+uint8 array plus metadata (name, source path, original size, label).
+``iter_images`` decodes in parallel worker threads with a progress bar, skips
+unreadable files with a warning (listed in ``ImageSource.skipped``) and applies
+a resize policy; ``iter_batches`` stacks equally sized images.
 """
 
 from __future__ import annotations

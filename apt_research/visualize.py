@@ -29,7 +29,6 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import figures
-from ._io import write_atomic
 from ._validation import check_device, check_int, check_thresholds
 from .analysis import fidelity, reconstruct, token_record
 from .datasets import RESIZE_POLICIES, resize_image
@@ -41,7 +40,7 @@ WRITTEN_BY = "apt-research visualize"
 
 MAX_NAME_LENGTH = 100
 DISPLAY_MAX_SIDE = 1024
-"""The original image is shown (``original_image.jpg``) with its long side at most this many pixels."""
+"""The original, resized and reconstructed images are shown with their long side at most this many pixels."""
 
 # The smallest side SSIM (scikit-image's default 7 x 7 window) is computed on.
 MIN_IMAGE_SIDE = 7
@@ -81,13 +80,11 @@ class VisualizeConfig:
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"--resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         check_int("--image-size", self.image_size, 1)
-        coarsest = self.patch_size * 2 ** (self.num_scales - 1)
-        smallest = max(coarsest, MIN_IMAGE_SIDE)
-        if self.resize != "native" and self.image_size < smallest:
-            raise ValueError(
-                f"--image-size must be at least {smallest} (the coarsest patch, --patch-size * 2**(--num-scales - 1)"
-                f" = {coarsest} px, and the {MIN_IMAGE_SIDE} px SSIM window), got {self.image_size}"
-            )
+        if self.resize != "native":
+            self.check_side(self.image_size, "--image-size")
+            if self.image_size**2 > self.max_pixels:
+                raise ValueError(f"--image-size {self.image_size} makes images of at least {self.image_size}^2 "
+                                 f"pixels, above --max-pixels {self.max_pixels}")
         self.thresholds = check_thresholds(self.thresholds, self.num_scales, "--thresholds")
         try:
             scorer_options(self.method)
@@ -99,6 +96,15 @@ class VisualizeConfig:
     def scorer_options(self) -> dict:
         return {"bins": self.bins} if self.method == "entropy" else {}
 
+    def check_side(self, side: int, what: str) -> None:
+        """Refuse an analysed short side ``side`` that cannot hold the coarsest patch or the SSIM window."""
+        coarsest = self.patch_size * 2 ** (self.num_scales - 1)
+        if side < max(coarsest, MIN_IMAGE_SIDE):
+            raise ValueError(
+                f"{what} must be at least {max(coarsest, MIN_IMAGE_SIDE)} (the coarsest patch, --patch-size * "
+                f"2**(--num-scales - 1) = {coarsest} px, and the {MIN_IMAGE_SIDE} px SSIM window), got {side}"
+            )
+
 
 def output_names(keys: Sequence[str]) -> dict[str, str]:
     """One safe, distinct directory name per image name.
@@ -107,16 +113,17 @@ def output_names(keys: Sequence[str]) -> dict[str, str]:
     ----------
     keys : sequence of str
         Image names unique among themselves, such as file names (``photo.jpg``) or paths relative to a
-        data set's folder (``cats/a.png``); a final image suffix (``.png``) is dropped.
+        data set's folder (``cats/a.png``); the last suffix (``.png``) is dropped.
 
     Returns
     -------
     dict
-        ``{key: name}``. Folders are joined by ``__``, every character other than a letter, digit, ``_``,
-        ``-`` or ``.`` becomes ``_``, as does each leading dot or dash and each trailing dot (``..png``
-        -> ``_``, ``-rf.png`` -> ``_rf``), and an empty name becomes ``image``. Names that then coincide (ignoring case: ``photo.jpg`` and
-        ``photo.png``, ``a/b.png`` and ``a__b.png``) or exceed ``MAX_NAME_LENGTH`` characters get
-        ``+`` and the first 10 hex digits of the key's SHA-256; no other name contains ``+``.
+        ``{key: name}``. Folders are joined by ``__``, every character other than a letter, digit,
+        ``_``, ``-`` or ``.`` becomes ``_``, as does each leading dot or dash and each trailing dot
+        (``..png`` -> ``_``, ``-rf.png`` -> ``_rf``), and an empty name becomes ``image``. Names that
+        then coincide, ignoring case (``photo.jpg`` and ``photo.png``, ``a/b.png`` and ``a__b.png``),
+        or exceed ``MAX_NAME_LENGTH`` characters get ``+`` and the first 10 hex digits of the key's
+        SHA-256; no other name contains ``+``.
 
     Examples
     --------
@@ -170,7 +177,14 @@ def foreign_content(directory) -> str | None:
 
 
 def analyse(pixels: torch.Tensor, config: VisualizeConfig):
-    """Resize, score, select, reconstruct one ``(3, H, W)`` image; returns everything the figures need."""
+    """Resize, score, select, reconstruct one ``(3, H, W)`` image; returns everything the figures need.
+
+    With ``resize="native"`` an image too small for ``config.check_side`` is refused (``ValueError``); the
+    other policies resize it to ``image_size``, which ``config.check`` bounds.
+    """
+    if config.resize == "native":
+        height, width = pixels.shape[-2:]
+        config.check_side(min(height, width), f"--no-resize: the short side of this {height}x{width} image")
     resized = resize_image(pixels, config.resize, config.image_size, config.patch_size)[None].to(config.device)
     maps = compute_importance_maps(resized, config.method, config.patch_size, config.num_scales,
                                    **config.scorer_options())
@@ -205,9 +219,6 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
         raise ValueError(f"out_dir must end in a directory name, got {str(out_dir)!r}")
     if os.path.lexists(out_dir) and (reason := foreign_content(out_dir)):
         raise FileExistsError(f"will not replace {out_dir}: {reason}")
-    if min(pixels.shape[-2:]) < MIN_IMAGE_SIDE and config.resize == "native":
-        raise ValueError(f"--no-resize: image {meta.get('source')} is {tuple(pixels.shape[-2:])}, smaller than the "
-                         f"{MIN_IMAGE_SIDE} px SSIM window; drop --no-resize")
     resized, maps, masks, recon, metrics = analyse(pixels, config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -221,9 +232,9 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
         for name, figure in [
             ("02_patches_grid/patches_visualization.jpg", figures.plot_patch_grid(resized, masks)),
             ("03_original_resized/original_image.jpg", figures.plot_image(_display_copy(pixels), "original")),
-            ("03_original_resized/resized_image.jpg", figures.plot_image(resized[0], "resized")),
-            ("04_reconstruction/reconstruction.png",
-             figures.plot_image(recon[0], f"PSNR {metrics['psnr']:.1f} dB, SSIM {metrics['ssim']:.3f}")),
+            ("03_original_resized/resized_image.jpg", figures.plot_image(_display_copy(resized[0]), "resized")),
+            ("04_reconstruction/reconstruction.png", figures.plot_image(
+                _display_copy(recon[0]), f"PSNR {metrics['psnr']:.1f} dB, SSIM {metrics['ssim']:.3f}")),
         ]:
             figures.save_figure(figure, staging / name)
             plt.close(figure)
@@ -237,7 +248,7 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
             "ssim": metrics["ssim"],
             "parameters": asdict(config),
         }
-        write_atomic(staging / "summary.json", json.dumps(summary, indent=2, default=str))
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if os.path.lexists(out_dir):
             if reason := foreign_content(out_dir):  # checked again: something may have been added meanwhile
                 raise FileExistsError(f"will not replace {out_dir}: {reason}")

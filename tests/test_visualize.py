@@ -90,6 +90,7 @@ BAD_OPTIONS = {
     "patch size 0": (["--patch-size", "0"], "--patch-size", "0"),
     "image size 0": (["--image-size", "0"], "--image-size", "0"),
     "image size below the coarsest patch": (["--image-size", "32"], "--image-size", "32"),
+    "image size above max pixels": (["--image-size", "6000"], "--image-size", "6000"),
     "num scales 0": (["--num-scales", "0"], "--num-scales", "0"),
     "device bogus": (["--device", "bogus"], "--device", "bogus"),
     "device absent": (["--device", "cuda:99"], "--device", "cuda:99"),
@@ -123,7 +124,8 @@ def test_each_bad_option_exits_2_with_one_line_naming_it_before_any_work(tmp_pat
 @pytest.mark.parametrize("thresholds", [["6", "5"], ["6,5"], ["[6, 5]"], ["6", "5,"]])
 def test_thresholds_space_or_comma_separated(tmp_path, thresholds):
     out = tmp_path / "out"
-    assert main(["visualize", "skimage:camera", "--out", str(out), "--image-size", "64", "--thresholds", *thresholds]) == 0
+    argv = ["visualize", "skimage:camera", "--out", str(out), "--image-size", "64", "--thresholds", *thresholds]
+    assert main(argv) == 0
     assert json.loads((out / "camera" / "summary.json").read_text())["parameters"]["thresholds"] == [6.0, 5.0]
 
 
@@ -156,9 +158,24 @@ def test_huge_images_are_decoded_shrunk_with_a_warning(tmp_path):
     assert (summary["image"]["original_height"], summary["image"]["original_width"]) == (600, 902)
 
 
-def test_the_original_is_shown_shrunk(tmp_path):
+def test_what_is_only_shown_is_shrunk(tmp_path):
     image = tmp_path / "long.png"
     Image.fromarray(np.tile(data.chelsea(), (1, 8, 1))).save(image)  # 300 x 3608
-    assert main(["visualize", str(image), "--out", str(tmp_path / "out"), "--image-size", "64"]) == 0
-    with Image.open(tmp_path / "out" / "long" / "03_original_resized" / "original_image.jpg") as shown:
-        assert shown.width < 1600, "shown at most 1024 pixels wide, not 3608"
+    assert main(["visualize", str(image), "--out", str(tmp_path / "out"), "--no-resize"]) == 0
+    for shown in ["03_original_resized/original_image.jpg", "03_original_resized/resized_image.jpg",
+                  "04_reconstruction/reconstruction.png"]:
+        with Image.open(tmp_path / "out" / "long" / shown) as figure:
+            assert figure.width < 1600, f"{shown} shown at most 1024 pixels wide, not 3608"
+    summary = json.loads((tmp_path / "out" / "long" / "summary.json").read_text())
+    assert summary["image_size"] == [300, 3608], "analysed whole"
+
+
+@pytest.mark.parametrize("size,scales", [((5, 40), 1), ((40, 300), 3)])
+def test_no_resize_refuses_an_image_too_small_for_its_patches(tmp_path, capsys, size, scales):
+    image = tmp_path / "small.png"
+    Image.fromarray(np.full((*size, 3), 128, dtype=np.uint8)).save(image)
+    thresholds = ["--thresholds"] + ["5"] * (scales - 1)
+    code, err = _run(["visualize", "--num-scales", str(scales), "--out", str(tmp_path / "out"), "--no-resize",
+                      *thresholds, "--", str(image)], capsys)
+    assert code == 2 and len(err) == 1 and "--no-resize: the short side" in err[0] and str(image) in err[0], err
+    assert not (tmp_path / "out").exists()
