@@ -17,7 +17,6 @@ from apt_research import compute_patch_entropy_batched, select_patches_by_thresh
 from apt_research.analysis import entropy_statistics
 from apt_research.cli import main
 from apt_research.datasets import iter_images, skimage_dataset
-from apt_research.sweep.lock import DirectoryLock, SweepLocked
 from apt_research.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,20 +142,6 @@ def test_presets_validate_and_grid_zip_expand():
     assert set(counts) >= {"smoke", "default", "thresholds", "bins", "scales", "scorers", "datasets", "resolutions"}
     assert counts["default"] == 2 * 2 * 2  # grid dataset x bins, zipped num_scales with thresholds
     assert counts["scales"] == 4
-
-
-def test_two_sweeps_on_one_directory_are_refused(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        tmp_path.joinpath(".sweep.lock").write_text(str(sleeper.pid))
-        with pytest.raises(SweepLocked, match=f"another sweep \\(pid {sleeper.pid}\\) is writing to"):
-            with DirectoryLock(tmp_path):
-                pass
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    with DirectoryLock(tmp_path):  # the owner is gone: the stale lock is taken over
-        assert tmp_path.joinpath(".sweep.lock").read_text() == str(os.getpid())
 
 
 def test_run_notebook_by_hand_with_papermill_cli(tmp_path):

@@ -43,6 +43,25 @@ def write_records(output_dir: Path, table: pd.DataFrame, skipped: list[dict]) ->
         write_json(Path(output_dir) / "skipped.json", skipped)
 
 
+PARTIAL_FILES = ".*.tmp-*"
+"""The names ``_io.atomic_path`` writes to before renaming: left behind only by a killed process."""
+
+
+def remove_partial_files(sweep_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed sweep left in its run directories, cache and top level.
+
+    Call only while holding the sweep's lock (no other process writes there then). Returns what was removed.
+    """
+    sweep_dir = Path(sweep_dir)
+    removed = []
+    for pattern in (PARTIAL_FILES, f"runs/*/{PARTIAL_FILES}", f"cache/{PARTIAL_FILES}", f"figures/{PARTIAL_FILES}"):
+        for path in sweep_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def run_state(run_dir: Path) -> tuple[str, str | None]:
     """A run's state and, unless it finished, why: ``finished``, ``failed``, ``running`` or ``incomplete``.
 
