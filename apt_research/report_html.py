@@ -161,7 +161,7 @@ class _EmbeddingRenderer(mistune.HTMLRenderer):
 
 def _fence(text: str) -> str:
     """``text`` as a fenced code block whose fence no line of it can close."""
-    fence = "`" * max(3, max((len(run) for run in text.split() if set(run) == {"`"}), default=0) + 1)
+    fence = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     return f"{fence}yaml\n{text.rstrip()}\n{fence}"
 
 

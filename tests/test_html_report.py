@@ -96,6 +96,7 @@ def test_failed_runs_missing_and_outside_files_are_named_not_embedded(tmp_path):
     for run, bins in (("run-a", 256), ("run-b", 512)):
         (sweep / "runs" / run / "params.json").write_text(json.dumps({"bins": bins, "image_size": 64}))
     (tmp_path / "secret.txt").write_text("do not mail me")
+    (sweep / "spec.yaml").write_text("name: sweep\ndescription: 'a ```fence``` and <b>tag</b>'\n")
     markdown = ("# Sweep report: sweep\n\n- `run-b`: failed: boom\n\n![gone](figures/gone.png) "
                 "[secret](../secret.txt) [web](https://arxiv.org/abs/2510.18091)\n")
     path = write_html_report(sweep, markdown)
@@ -105,6 +106,8 @@ def test_failed_runs_missing_and_outside_files_are_named_not_embedded(tmp_path):
     assert '<a href="https://arxiv.org/abs/2510.18091">web</a>' in page
     assert "run-b" in page and "failed" in page and re.search(r"<th[^>]*>bins</th>", page)
     assert not re.search(r"<th[^>]*>image_size</th>", page)  # the same in every run: not a column
+    spec = re.search(r"<pre><code[^>]*>(.*?)</code></pre>", page, re.S).group(1)
+    assert "```fence```" in spec and "&lt;b&gt;tag&lt;/b&gt;" in spec and "name: sweep" in spec
     assert page == render_html(sweep, markdown)
 
 
