@@ -165,21 +165,24 @@ def _fence(text: str) -> str:
     return f"{fence}yaml\n{text.rstrip()}\n{fence}"
 
 
+def _read_json(path: Path, default):
+    """``path``'s JSON, or ``default`` when it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
 def runs_table(sweep_dir) -> pd.DataFrame:
-    """One row per run directory: run id, state, duration and each parameter that differs between runs."""
+    """One row per run directory: run id, state, duration, images skipped and each parameter that differs between runs."""
     rows = []
     for run_dir in sorted(Path(sweep_dir, "runs").glob("*/")):
-        row = {"run_id": run_dir.name}
-        for name in ("status.json", "params.json"):
-            try:
-                values = json.loads((run_dir / name).read_text())
-            except (OSError, json.JSONDecodeError):
-                values = {}
-            if name == "status.json":
-                row.update(state=values.get("state", "incomplete"), duration_s=values.get("duration_s"))
-            else:
-                row.update({f"param:{key}": json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
-                            for key, value in values.items()})
+        status = _read_json(run_dir / "status.json", {})
+        params = _read_json(run_dir / "params.json", {})
+        row = {"run_id": run_dir.name, "state": status.get("state", "incomplete"),
+               "duration_s": status.get("duration_s"), "skipped_images": len(_read_json(run_dir / "skipped.json", []))}
+        row.update({f"param:{key}": json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
+                    for key, value in params.items()})
         rows.append(row)
     table = pd.DataFrame(rows)
     params = [column for column in table if column.startswith("param:")]
