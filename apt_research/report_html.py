@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import mimetypes
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,7 @@ from urllib.parse import unquote, urlparse
 import jinja2
 import mistune
 import pandas as pd
+from PIL import Image
 
 from ._io import write_atomic
 
@@ -58,9 +60,12 @@ code, pre { font: 12.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, mon
 code { padding: 1px 4px; }
 pre { padding: 10px 14px; overflow-x: auto; }
 pre code { padding: 0; background: none; }
-img { max-width: calc(50% - 40px); height: auto; vertical-align: top; margin: 8px 0 8px 0;
-      border: 1px solid #eaeef2; }
-a[download] { display: inline-block; vertical-align: top; margin: 8px 16px 0 2px; font-size: 12px; }
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 16px; margin: 1em 0; }
+figure.wide { grid-column: 1 / -1; }
+figure { margin: 0; padding: 8px; border: 1px solid #eaeef2; border-radius: 6px; }
+figure img { width: 100%; height: auto; }
+figcaption { font-size: 13px; color: #57606a; }
+figcaption a { margin-left: .5em; }
 a { color: #0969da; }
 .missing { color: #b00020; }
 </style>
@@ -80,12 +85,24 @@ def _data_uri(path: Path) -> str | None:
     return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
+_FIGURE = "\x00figure\x00"
+
+
+def _aspect(path: Path) -> float:
+    """Width over height of an image file (two-column figures are at least twice as wide as high)."""
+    with Image.open(path) as image:
+        return image.width / image.height
+
+_DOWNLOAD = re.compile(r'<a href="data:[^"]*" download="[^"]*">.*?</a>')
+
+
 class _EmbeddingRenderer(mistune.HTMLRenderer):
     """HTML renderer that embeds what the markdown links inside ``root`` and refuses anything else local."""
 
     def __init__(self, root: Path):
         super().__init__(escape=True)
         self.root = root.resolve()
+        self._figures: list[tuple[str, str, bool]] = []
 
     def _local(self, url: str) -> Path | None:
         """The file a relative URL names inside ``root``; ``None`` for web links and anchors."""
@@ -114,8 +131,24 @@ class _EmbeddingRenderer(mistune.HTMLRenderer):
         uri, why = self._embedded(url)
         if uri is None:
             return self._not_embedded(mistune.escape(text), url, why)
-        caption = mistune.escape(title or text)
-        return f'<img src="{uri}" alt="{mistune.escape(text)}" title="{caption}">'
+        wide = _aspect(self._local(url)) >= 2
+        self._figures.append((f'<img src="{uri}" alt="{mistune.escape(text)}">', mistune.escape(title or text), wide))
+        return f"{_FIGURE}{len(self._figures) - 1}{_FIGURE}"
+
+    def paragraph(self, text: str) -> str:
+        """A paragraph; one holding figures becomes a grid of cards (image, name, its downloads)."""
+        if _FIGURE not in text:
+            return super().paragraph(text)
+        pieces = re.split(f"{_FIGURE}(\\d+){_FIGURE}", text)
+        cards = []
+        for index, after in zip(pieces[1::2], pieces[2::2]):
+            image, caption, wide = self._figures[int(index)]
+            downloads = " ".join(_DOWNLOAD.findall(after))
+            opening = '<figure class="wide">' if wide else "<figure>"
+            cards.append(f"{opening}{image}<figcaption>{caption} {downloads}</figcaption></figure>")
+        rest = _DOWNLOAD.sub("", "".join(pieces[0::2]))
+        prose = super().paragraph(rest) if re.search(r"\w", re.sub(r"<[^>]+>", "", rest)) else ""
+        return prose + f'<div class="figures">{"".join(cards)}</div>\n'
 
     def link(self, text: str, url: str, title: str | None = None) -> str:
         if self._local(url) is None:
@@ -128,25 +161,28 @@ class _EmbeddingRenderer(mistune.HTMLRenderer):
 
 def _fence(text: str) -> str:
     """``text`` as a fenced code block whose fence no line of it can close."""
-    fence = "`" * max(3, max((len(run) for run in text.split() if set(run) == {"`"}), default=0) + 1)
+    fence = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     return f"{fence}yaml\n{text.rstrip()}\n{fence}"
 
 
+def _read_json(path: Path, default):
+    """``path``'s JSON, or ``default`` when it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
 def runs_table(sweep_dir) -> pd.DataFrame:
-    """One row per run directory: run id, state, duration and each parameter that differs between runs."""
+    """One row per run directory: run id, state, duration, images skipped and each parameter that differs between runs."""
     rows = []
     for run_dir in sorted(Path(sweep_dir, "runs").glob("*/")):
-        row = {"run_id": run_dir.name}
-        for name in ("status.json", "params.json"):
-            try:
-                values = json.loads((run_dir / name).read_text())
-            except (OSError, json.JSONDecodeError):
-                values = {}
-            if name == "status.json":
-                row.update(state=values.get("state", "incomplete"), duration_s=values.get("duration_s"))
-            else:
-                row.update({f"param:{key}": json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
-                            for key, value in values.items()})
+        status = _read_json(run_dir / "status.json", {})
+        params = _read_json(run_dir / "params.json", {})
+        row = {"run_id": run_dir.name, "state": status.get("state", "incomplete"),
+               "duration_s": status.get("duration_s"), "skipped_images": len(_read_json(run_dir / "skipped.json", []))}
+        row.update({f"param:{key}": json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
+                    for key, value in params.items()})
         rows.append(row)
     table = pd.DataFrame(rows)
     params = [column for column in table if column.startswith("param:")]

@@ -42,6 +42,35 @@ class Resources(HTMLParser):
             self.styles.append(data)
 
 
+class Cells(HTMLParser):
+    """The text of every table cell, row by row."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def table_rows(text: str) -> list[list[str]]:
+    parser = Cells()
+    parser.feed(text)
+    return parser.rows
+
+
 def parse(text: str) -> Resources:
     parser = Resources()
     parser.feed(text)
@@ -95,7 +124,9 @@ def test_failed_runs_missing_and_outside_files_are_named_not_embedded(tmp_path):
     (sweep / "runs" / "run-b" / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
     for run, bins in (("run-a", 256), ("run-b", 512)):
         (sweep / "runs" / run / "params.json").write_text(json.dumps({"bins": bins, "image_size": 64}))
+    (sweep / "runs" / "run-a" / "skipped.json").write_text(json.dumps([{"item": "a.png", "error": "bad"}] * 2))
     (tmp_path / "secret.txt").write_text("do not mail me")
+    (sweep / "spec.yaml").write_text("name: sweep\ndescription: 'a ```fence``` and <b>tag</b>'\n")
     markdown = ("# Sweep report: sweep\n\n- `run-b`: failed: boom\n\n![gone](figures/gone.png) "
                 "[secret](../secret.txt) [web](https://arxiv.org/abs/2510.18091)\n")
     path = write_html_report(sweep, markdown)
@@ -105,6 +136,12 @@ def test_failed_runs_missing_and_outside_files_are_named_not_embedded(tmp_path):
     assert '<a href="https://arxiv.org/abs/2510.18091">web</a>' in page
     assert "run-b" in page and "failed" in page and re.search(r"<th[^>]*>bins</th>", page)
     assert not re.search(r"<th[^>]*>image_size</th>", page)  # the same in every run: not a column
+    header, *rows = [row for row in table_rows(page) if row and row[0] in ("run_id", "run-a", "run-b")]
+    runs = {row[0]: dict(zip(header, row)) for row in rows}
+    assert runs["run-a"]["skipped_images"] == "2" and runs["run-b"]["skipped_images"] == "0"
+    assert runs["run-b"]["state"] == "failed" and runs["run-a"]["duration_s"] == "1.5"
+    spec = re.search(r"<pre><code[^>]*>(.*?)</code></pre>", page, re.S).group(1)
+    assert "```fence```" in spec and "&lt;b&gt;tag&lt;/b&gt;" in spec and "name: sweep" in spec
     assert page == render_html(sweep, markdown)
 
 
