@@ -234,7 +234,7 @@ def _select_kernel(
     """Program (b, s): the scale-s mask of image b, each kept patch's slot in its image, and the count.
 
     A patch of scale s is kept where ``map_s < threshold_s`` (always at s = 0) and no coarser patch that
-    contains it has ``map_t < threshold_t``: the coarsest-first rule of the spec, since a coarser patch
+    contains it has ``map_t < threshold_t``: the coarsest-first rule of docs/contract.md, since a coarser patch
     that passes its threshold but is itself covered lies inside an even coarser one that passes. In the
     flat buffers scale t starts after the ``batch * rows_t * cols_t`` cells of the finer scales, with
     ``rows_t = ceil(rows0 / 2**t)``. ``counts_out`` is ``(B, NUM_SCALES + 2)``: the kept patches per

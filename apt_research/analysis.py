@@ -71,7 +71,7 @@ def fidelity(reference: torch.Tensor, reconstruction: torch.Tensor) -> dict[str,
 
 def entropy_statistics(maps: dict[int, torch.Tensor], index: int, pad_value: float = DEFAULT_PAD_VALUE
                        ) -> dict[str, float]:
-    """Mean, std and p10/p50/p90 of image ``index``'s scores (any scorer's) per scale, padded border patches left out."""
+    """Mean, std and p10/p50/p90 of image ``index``'s scores (any scorer's) per scale, padded patches left out."""
     stats = {}
     for size, scale_map in sorted(maps.items()):
         values = scale_map[index].flatten().double()
