@@ -8,7 +8,8 @@ work grows with the number of pixels and not with ``bins``; extra memory is the
 output plus one ``P x P`` buffer and one histogram per thread.
 
 The grayscale value and the bin are formed in float32 in the same order as the
-plain torch path (``R*0.2989 + G*0.5870 + B*0.1140``, then ``v*bins/255``),
+plain torch path (``R*0.2989 + G*0.5870 + B*0.1140``, then ``v*bins/255``; the numbers come from
+``contract.py``),
 so the histograms equal ``torch.histc``'s; the entropy is summed in float64
 from the exact counts, which agrees with the float32 reference within its own
 rounding (below 1e-5 bits).
@@ -19,10 +20,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-_R = np.float32(0.2989)
-_G = np.float32(0.5870)
-_B = np.float32(0.1140)
-_MAX_PIXEL = np.float32(255.0)
+from .contract import GRAY_WEIGHTS, MAX_PIXEL
+
+# float32 globals: numba freezes them into the compiled kernels, in float32 arithmetic. Its on-disk cache is
+# keyed on this file, so after editing contract.py remove this package's __pycache__ (or touch this file).
+_R, _G, _B = (np.float32(weight) for weight in GRAY_WEIGHTS)
+_MAX_PIXEL = np.float32(MAX_PIXEL)
 
 
 @njit(cache=True, inline="always")
@@ -85,7 +88,7 @@ def entropy_maps_kernel(
 
     ``rows[s]``, ``cols[s]``: grid of scale s; ``offsets[s]``: where scale s
     starts in ``out`` (laid out as (B, rows[s], cols[s])); ``tables``: for each
-    scale, ``-(c/N) * log2(c/N + 1e-10)`` for c = 0..N with N = p_s**2.
+    scale, ``-(c/N) * log2(c/N + LOG_EPSILON)`` for c = 0..N with N = p_s**2.
     """
     batch, _, height, width = images.shape
     coarsest = base << (num_scales - 1)

@@ -15,8 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .contract import GRAY_WEIGHTS, LOG_EPSILON, MAX_PIXEL
 
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+# The contract's numbers as compile-time constants (Python floats become float32 operands, like literals).
+GRAY_R = tl.constexpr(GRAY_WEIGHTS[0])
+GRAY_G = tl.constexpr(GRAY_WEIGHTS[1])
+GRAY_B = tl.constexpr(GRAY_WEIGHTS[2])
+PIXEL_MAX = tl.constexpr(MAX_PIXEL)
+LOG_EPS = tl.constexpr(LOG_EPSILON)
 
 
 def _pow2(n: int) -> int:
@@ -33,8 +40,8 @@ def _pixel(pointers, mask, shift_ptr, scale_ptr, DENORMALIZE: tl.constexpr):
     raw = tl.load(pointers, mask=mask, other=0).to(tl.float32)
     value = raw
     if DENORMALIZE:
-        value = tl.math.div_rn(raw - tl.load(shift_ptr), tl.load(scale_ptr)) * 255.0
-        value = tl.where(mask, tl.minimum(tl.maximum(value, 0.0), 255.0), 0.0)
+        value = tl.math.div_rn(raw - tl.load(shift_ptr), tl.load(scale_ptr)) * PIXEL_MAX
+        value = tl.where(mask, tl.minimum(tl.maximum(value, 0.0), PIXEL_MAX), 0.0)
     return value, raw
 
 
@@ -67,20 +74,20 @@ def _patch_entropy(images, b, i, j, channels, height, width, stride_b, stride_c,
             if CHECK_FINITE:
                 nan = nan | (raw != raw)
                 inf = inf | (tl.abs(raw) > FLOAT32_MAX)
-            gray = first * 0.2989 + green * 0.5870 + blue * 0.1140
+            gray = first * GRAY_R + green * GRAY_G + blue * GRAY_B
         else:
             gray = first
         if CHECK_FINITE:
             nans += tl.sum(tl.reshape(nan.to(tl.int32), (TILE_ROWS * SIZE_POW2,)), axis=0)
             infs += tl.sum(tl.reshape(inf.to(tl.int32), (TILE_ROWS * SIZE_POW2,)), axis=0)
             gray = tl.where(nan | inf, 0.0, gray)  # keep the bin index in range; the batch is rejected anyway
-        index = tl.math.div_rn(gray * BINS, 255.0).to(tl.int32)
+        index = tl.math.div_rn(gray * BINS, PIXEL_MAX).to(tl.int32)
         index = tl.minimum(index, BINS - 1)
         index = tl.where(in_patch, index, BINS)
         counts += tl.histogram(tl.reshape(index, (TILE_ROWS * SIZE_POW2,)), BINS_POW2)
     prob = counts.to(tl.float32) / (SIZE * SIZE)
     bin_ids = tl.arange(0, BINS_POW2)
-    terms = tl.where(bin_ids < BINS, -prob * tl.log2(prob + 1e-10), 0.0)
+    terms = tl.where(bin_ids < BINS, -prob * tl.log2(prob + LOG_EPS), 0.0)
     return tl.sum(terms.to(tl.float64), axis=0).to(tl.float32), nans, infs
 
 
@@ -227,7 +234,7 @@ def _select_kernel(
     """Program (b, s): the scale-s mask of image b, each kept patch's slot in its image, and the count.
 
     A patch of scale s is kept where ``map_s < threshold_s`` (always at s = 0) and no coarser patch that
-    contains it has ``map_t < threshold_t``: the coarsest-first rule of the spec, since a coarser patch
+    contains it has ``map_t < threshold_t``: the coarsest-first rule of docs/contract.md, since a coarser patch
     that passes its threshold but is itself covered lies inside an even coarser one that passes. In the
     flat buffers scale t starts after the ``batch * rows_t * cols_t`` cells of the finer scales, with
     ``rows_t = ceil(rows0 / 2**t)``. ``counts_out`` is ``(B, NUM_SCALES + 2)``: the kept patches per

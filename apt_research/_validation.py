@@ -7,19 +7,103 @@ the manner of timm's ``PatchEmbed`` ("Input height (230) should be ...").
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Sequence
 
 import torch
 
+from .contract import COARSEST_PATCH_RATIO, MAX_BINS, SMALL_IMAGE_PATCH_LIMIT
+
 
 def check_int(name: str, value, minimum: int) -> int:
     """Return ``value`` as an int, or raise if it is not an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bins(bins, name: str = "bins") -> int:
+    """Return ``bins`` as an int in ``[2, MAX_BINS]``, or raise naming it."""
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [2, {MAX_BINS}], got {bins!r} ({type(bins).__name__})")
+    if not 2 <= bins <= MAX_BINS:
+        raise ValueError(f"{name} must be an int in [2, {MAX_BINS}], got {bins}")
+    return int(bins)
+
+
+def check_choice(name: str, value, choices: Sequence) -> object:
+    """Return ``value`` if it is one of ``choices``, or raise naming the argument and the choices."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def check_pad_value(value, name: str = "pad_value") -> float:
+    """Return ``value`` as a float: a real number that is not NaN (``inf`` is allowed), else raise.
+
+    NaN would compare false with every threshold and mark bad input on the CUDA path, so it is refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (the score of padded border patches), "
+                        f"got {value!r} ({type(value).__name__})")
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN; expected a number at least as large as every threshold")
+    return float(value)
+
+
+def check_channel_stats(name: str, value, *, positive: bool = False) -> torch.Tensor:
+    """``value`` as a flat float32 tensor of 1 or 3 finite numbers (one per channel); with ``positive`` all > 0."""
+    expected = f"{name} must be 1 or 3 finite {'positive ' if positive else ''}numbers (one per channel)"
+    if isinstance(value, (str, bytes, bool)) or (isinstance(value, Sequence) and any(
+            isinstance(v, (str, bytes, bool)) for v in value)):
+        raise TypeError(f"{expected}, got {value!r}")
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{expected}, got {value!r} ({type(value).__name__})") from error
+    if tensor.numel() not in (1, 3) or not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{expected}, got {value!r}")
+    if positive and bool((tensor <= 0).any()):
+        raise ValueError(f"{expected}, got {value!r}")
+    return tensor
+
+
+def check_denormalize(denormalize, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``(shift, scale)``: 1 or 3 finite numbers each, ``scale`` positive, 3 only for 3-channel images."""
+    if not isinstance(denormalize, (tuple, list)) or len(denormalize) != 2:
+        raise TypeError(f"denormalize must be a pair (shift, scale) of per-channel numbers, got {denormalize!r}")
+    shift = check_channel_stats("denormalize shift", denormalize[0])
+    scale = check_channel_stats("denormalize scale", denormalize[1], positive=True)
+    for label, tensor in (("shift", shift), ("scale", scale)):
+        if tensor.numel() == 3 and channels != 3:
+            raise ValueError(f"denormalize {label} has 3 values but the images have {channels} channel(s); "
+                             "expected 1 value")
+    return shift, scale
+
+
+def check_extent(patch_size: int, num_scales: int, height: int, width: int,
+                 names: tuple[str, str] = ("patch_size", "num_scales")) -> None:
+    """Refuse scales whose coarsest patch dwarfs a ``height x width`` image (``docs/contract.md``, Limits).
+
+    The coarsest patch ``patch_size * 2**(num_scales - 1)`` may be at most ``COARSEST_PATCH_RATIO`` times
+    the longer side, or ``SMALL_IMAGE_PATCH_LIMIT`` pixels, whichever is larger; checked before any buffer
+    is allocated.
+    """
+    limit = max(SMALL_IMAGE_PATCH_LIMIT, COARSEST_PATCH_RATIO * max(height, width))
+    coarsest = patch_size << min(num_scales - 1, 64)  # 2**64 px already dwarfs any image
+    if coarsest <= limit:
+        return
+    rule = (f"expected a coarsest patch of at most max({SMALL_IMAGE_PATCH_LIMIT}, {COARSEST_PATCH_RATIO} x the "
+            f"longer side) = {limit} px for a {height} x {width} image")
+    if patch_size > limit:
+        raise ValueError(f"{names[0]}={patch_size} dwarfs the image: {rule}")
+    allowed = (limit // patch_size).bit_length()
+    size = f"{coarsest} px" if num_scales <= 65 else "more than 2**64 px"
+    raise ValueError(f"{names[1]}={num_scales} makes the coarsest patch {names[0]} * 2**{num_scales - 1} = "
+                     f"{size}, which dwarfs the image: {rule}, i.e. {names[1]} <= {allowed}")
 
 
 def check_images(images, name: str = "images", *, pixel_range: bool = True, values: bool = True) -> torch.Tensor:

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .contract import DEFAULT_PAD_VALUE, MAX_PIXEL
 from .entropy import grid_shape
 from .selection import base_grid_tokens, tokens_per_scale
 from .tokenizer import patch_groups
 
-ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
+SCORE_QUANTILES = (0.1, 0.5, 0.9)
 
 
 def reconstruct(pixels: torch.Tensor, masks: dict[int, torch.Tensor], base_patch_size: int) -> torch.Tensor:
@@ -47,7 +48,11 @@ def reconstruct(pixels: torch.Tensor, masks: dict[int, torch.Tensor], base_patch
 
 
 def fidelity(reference: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM of one ``(C, H, W)`` reconstruction against its reference, pixels in [0, 255]."""
+    """PSNR (dB) and SSIM of one ``(C, H, W)`` reconstruction against its reference, pixels in [0, 255].
+
+    SSIM uses a 7 x 7 window, or the largest odd one the image holds; an image thinner than 3 pixels
+    holds none (SSIM needs a variance over at least two pixels of the window), and its SSIM is NaN.
+    """
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     ref = reference.detach().cpu().permute(1, 2, 0).numpy().astype(np.float64)
@@ -55,15 +60,18 @@ def fidelity(reference: torch.Tensor, reconstruction: torch.Tensor) -> dict[str,
     if np.array_equal(ref, rec):
         psnr = math.inf
     else:
-        psnr = float(peak_signal_noise_ratio(ref, rec, data_range=255.0))
+        psnr = float(peak_signal_noise_ratio(ref, rec, data_range=MAX_PIXEL))
     side = min(ref.shape[0], ref.shape[1], 7)
     window = side if side % 2 else side - 1
-    ssim = float(structural_similarity(ref, rec, data_range=255.0, channel_axis=-1, win_size=max(window, 1)))
+    if window < 3:
+        return {"psnr": psnr, "ssim": math.nan}
+    ssim = float(structural_similarity(ref, rec, data_range=MAX_PIXEL, channel_axis=-1, win_size=window))
     return {"psnr": psnr, "ssim": ssim}
 
 
-def entropy_statistics(maps: dict[int, torch.Tensor], index: int, pad_value: float = 1e6) -> dict[str, float]:
-    """Mean, std and p10/p50/p90 of image ``index``'s scores per scale, padded border patches left out."""
+def entropy_statistics(maps: dict[int, torch.Tensor], index: int, pad_value: float = DEFAULT_PAD_VALUE
+                       ) -> dict[str, float]:
+    """Mean, std and p10/p50/p90 of image ``index``'s scores (any scorer's) per scale, padded patches left out."""
     stats = {}
     for size, scale_map in sorted(maps.items()):
         values = scale_map[index].flatten().double()
@@ -72,10 +80,10 @@ def entropy_statistics(maps: dict[int, torch.Tensor], index: int, pad_value: flo
         if values.numel() == 0:
             stats.update({f"{prefix}_{k}": math.nan for k in ("mean", "std", "p10", "p50", "p90")})
             continue
-        quantiles = torch.quantile(values, torch.tensor(ENTROPY_QUANTILES, dtype=torch.float64)).tolist()
+        quantiles = torch.quantile(values, torch.tensor(SCORE_QUANTILES, dtype=torch.float64)).tolist()
         stats[f"{prefix}_mean"] = float(values.mean())
         stats[f"{prefix}_std"] = float(values.std(unbiased=False))
-        stats.update({f"{prefix}_p{round(q * 100)}": v for q, v in zip(ENTROPY_QUANTILES, quantiles)})
+        stats.update({f"{prefix}_p{round(q * 100)}": v for q, v in zip(SCORE_QUANTILES, quantiles)})
     return stats
 
 

@@ -1,4 +1,4 @@
-"""Multi-scale patch entropy maps, exact to ``shared/spec/apt-semantics.md`` section 1."""
+"""Multi-scale patch entropy maps, exact to ``docs/contract.md`` (Entropy maps)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._validation import check_images, check_int
+from ._validation import check_bins, check_choice, check_denormalize, check_extent, check_images, check_int, \
+    check_pad_value
+from .contract import DEFAULT_BINS, DEFAULT_PAD_VALUE, GRAY_WEIGHTS, LOG_EPSILON, MAX_PIXEL
 
 BACKENDS = ("auto", "numba", "triton", "torch")
 
@@ -23,19 +25,20 @@ def scale_sizes(patch_size: int, num_scales: int) -> list[int]:
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` pixels to float32 ``(B, H, W)``: ``0.2989 R + 0.5870 G + 0.1140 B``, left to right.
+    """``(B, C, H, W)`` pixels to float32 ``(B, H, W)``: ``R * 0.2989 + G * 0.5870 + B * 0.1140``, left to right.
 
-    With one channel that channel is the gray value.
+    With one channel that channel is the gray value. The weights are ``contract.GRAY_WEIGHTS``.
     """
     images = images.float()
     if images.shape[1] == 1:
         return images[:, 0]
-    return images[:, 0] * 0.2989 + images[:, 1] * 0.5870 + images[:, 2] * 0.1140
+    red, green, blue = GRAY_WEIGHTS
+    return images[:, 0] * red + images[:, 1] * green + images[:, 2] * blue
 
 
 def bin_indices(gray: torch.Tensor, bins: int) -> torch.Tensor:
     """Bin of every gray value in [0, 255]: ``min(floor(v * bins / 255), bins - 1)`` in float32, as ``torch.histc``."""
-    return torch.clamp((gray * bins / 255.0).long(), max=bins - 1)
+    return torch.clamp((gray * bins / MAX_PIXEL).long(), max=bins - 1)
 
 
 def apply_border_rule(maps: dict[int, torch.Tensor], height: int, width: int, pad_value: float) -> dict[int, torch.Tensor]:
@@ -53,9 +56,12 @@ def apply_border_rule(maps: dict[int, torch.Tensor], height: int, width: int, pa
 
 
 def entropy_from_counts(counts: torch.Tensor, pixels_per_patch: int) -> torch.Tensor:
-    """Shannon entropy in bits over the last dimension: ``-sum(p * log2(p + 1e-10))`` with ``p = counts / N``."""
+    """Shannon entropy in bits over the last dimension: ``-sum(p * log2(p + 1e-10))`` with ``p = counts / N``.
+
+    The epsilon is ``contract.LOG_EPSILON``.
+    """
     prob = counts.float() / pixels_per_patch
-    return -(prob * torch.log2(prob + 1e-10)).sum(dim=-1)
+    return -(prob * torch.log2(prob + LOG_EPSILON)).sum(dim=-1)
 
 
 def patch_histograms(images: torch.Tensor, patch_size: int, bins: int, *, backend: str = "torch") -> torch.Tensor:
@@ -63,9 +69,18 @@ def patch_histograms(images: torch.Tensor, patch_size: int, bins: int, *, backen
 
     Equal to ``torch.histc(patch, bins, min=0, max=255)`` for every patch.
     ``backend="torch"``: one ``bincount`` over the pixels (int64, any device);
-    ``"numba"``: the CPU kernel's own binning (int32), to check it.
+    ``"numba"``: the CPU kernel's own binning (int32), to check it. The
+    arguments are checked as in ``compute_patch_entropy_batched``.
     """
+    check_images(images)
+    check_int("patch_size", patch_size, 1)
+    check_bins(bins)
+    check_choice("backend", backend, ("torch", "numba"))
+    check_extent(patch_size, 1, *images.shape[-2:])
+    images = images.detach()
     if backend == "numba":
+        if images.device.type != "cpu":
+            raise ValueError(f"backend 'numba' needs CPU tensors, got images on {images.device}")
         from ._entropy_cpu import histograms_kernel
 
         pixels = images if images.dtype in (torch.uint8, torch.float32) else images.float()
@@ -91,7 +106,7 @@ def denormalize_pixels(images: torch.Tensor, shift: torch.Tensor, scale: torch.T
     """
     shift = shift.to(images.device, torch.float32).view(1, -1, 1, 1)
     scale = scale.to(images.device, torch.float32).view(1, -1, 1, 1)
-    return ((images.float() - shift) / scale * 255.0).clamp(0.0, 255.0)
+    return ((images.float() - shift) / scale * MAX_PIXEL).clamp(0.0, MAX_PIXEL)
 
 
 def _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value):
@@ -108,10 +123,19 @@ def _entropy_tables(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     for size in sizes:
         pixels = size * size
         prob = np.arange(pixels + 1, dtype=np.float64) / pixels
-        tables.append(-prob * np.log2(prob + 1e-10))
+        tables.append(-prob * np.log2(prob + LOG_EPSILON))
         starts.append(start)
         start += pixels + 1
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)
+
+
+def _caused_by(error: BaseException, kind: type) -> bool:
+    """Whether ``error`` or an exception in its chain of causes is a ``kind``."""
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None):
@@ -128,15 +152,29 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     counts = batch * rows * cols
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     tables, table_offsets = _entropy_tables(sizes)
-    out = np.empty(int(counts.sum()), dtype=np.float32)
+    # NaN never leaves the kernel (pad values are not NaN): cells still NaN afterwards mean a task of the
+    # parallel loop failed to allocate its scratch, which numba does not raise from a parallel region.
+    out = np.full(int(counts.sum()), np.nan, dtype=np.float32)
     if denormalize is None:
         shift = scale = np.zeros(3, dtype=np.float32)
     else:
         shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
-    entropy_maps_kernel(
-        pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
-        shift, scale, denormalize is not None, out,
-    )
+    try:
+        entropy_maps_kernel(
+            pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
+            shift, scale, denormalize is not None, out,
+        )
+        allocated = not np.isnan(out).any()
+    except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
+        if not _caused_by(error, MemoryError):
+            raise
+        allocated = False
+    if not allocated:
+        raise MemoryError(
+            f"the numba entropy kernel could not allocate its scratch buffers (a band of {sizes[-1]} x "
+            f"{int(cols[-1]) * sizes[-1]} pixels and {bins} bins per thread); use fewer scales or bins, or "
+            "backend='torch'"
+        )
     flat = torch.from_numpy(out)
     return {
         size: flat[offsets[s] : offsets[s] + counts[s]].view(batch, int(rows[s]), int(cols[s]))
@@ -166,8 +204,8 @@ def compute_patch_entropy_batched(
     images: torch.Tensor,
     patch_size: int = 16,
     num_scales: int = 3,
-    bins: int = 512,
-    pad_value: float = 1e6,
+    bins: int = DEFAULT_BINS,
+    pad_value: float = DEFAULT_PAD_VALUE,
     *,
     backend: str = "auto",
     denormalize: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -177,16 +215,20 @@ def compute_patch_entropy_batched(
     Parameters
     ----------
     images : Tensor, shape (B, C, H, W)
-        Pixels in [0, 255], float or uint8, C in {1, 3}. Any H and W.
+        Pixels in [0, 255], float or uint8, C in {1, 3}. Any H and W; inputs
+        that require grad are read detached (histograms have no gradient).
     patch_size : int
         Base patch size ``p``; scale s uses patches of ``p * 2**s`` pixels.
     num_scales : int
-        Number of scales S.
+        Number of scales S. The coarsest patch ``p * 2**(S - 1)`` may be at most
+        twice the image's longer side or 256 px, whichever is larger.
     bins : int
-        Equal-width histogram bins over [0, 255].
+        Equal-width histogram bins over [0, 255], 2 to 4096.
     pad_value : float
         Value of the last row (column) of a scale whose grid sticks out of the
-        image, so that no padded patch is ever kept as a large patch.
+        image; not NaN. No padded patch is ever kept as a large patch as long as
+        every threshold is at most ``pad_value`` (the default 1e6 is above any
+        entropy).
     backend : {"auto", "numba", "triton", "torch"}
         ``"numba"``: the fused CPU kernel (CPU tensors only). ``"triton"``: the
         fused CUDA kernel (CUDA tensors). ``"torch"``: plain torch ops (one
@@ -204,13 +246,20 @@ def compute_patch_entropy_batched(
         ``{p_s: (B, ceil(H / p_s), ceil(W / p_s))}`` float32 entropies in bits,
         on the input's device.
 
+    Raises
+    ------
+    TypeError, ValueError
+        An argument outside the ranges above, naming it.
+    MemoryError
+        The numba kernel could not allocate its per-thread scratch.
+
     Notes
     -----
     Grayscale ``0.2989 R + 0.5870 G + 0.1140 B`` in float32; a value v goes to
     bin ``min(floor(v * bins / 255), bins - 1)`` as ``torch.histc`` does; the
     zero padding at the bottom and right counts into bin 0. Both backends give
     histograms equal to ``torch.histc``'s and entropies within 1e-5 bits of a
-    per-patch ``torch.histc`` loop.
+    per-patch ``torch.histc`` loop. The full contract is ``docs/contract.md``.
 
     Examples
     --------
@@ -224,22 +273,29 @@ def compute_patch_entropy_batched(
     True
     """
     check_images(images, pixel_range=denormalize is None)
-    check_int("patch_size", patch_size, 1)
-    check_int("num_scales", num_scales, 1)
-    check_int("bins", bins, 2)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    patch_size = check_int("patch_size", patch_size, 1)
+    num_scales = check_int("num_scales", num_scales, 1)
+    check_extent(patch_size, num_scales, *images.shape[-2:])
+    bins = check_bins(bins)
+    pad_value = check_pad_value(pad_value)
+    check_choice("backend", backend, BACKENDS)
+    if denormalize is not None:
+        denormalize = check_denormalize(denormalize, images.shape[1])
     return entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value, backend, denormalize)
 
 
-def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=1e6, backend="auto", denormalize=None):
-    """``compute_patch_entropy_batched`` without the input checks, for callers that have made them."""
+def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=DEFAULT_PAD_VALUE, backend="auto",
+                           denormalize=None):
+    """``compute_patch_entropy_batched`` without the argument checks, for callers that have made them."""
+    images = images.detach()
     if backend == "auto":
         if images.device.type == "cpu":
             backend = "numba" if numba_available() else "torch"
         else:
             backend = "triton" if images.device.type == "cuda" and triton_available() else "torch"
     if backend == "triton":
+        if images.device.type != "cuda":
+            raise ValueError(f"backend 'triton' needs CUDA tensors, got images on {images.device}")
         from ._entropy_cuda import entropy_maps_triton
 
         return entropy_maps_triton(images, patch_size, num_scales, bins, pad_value, denormalize)

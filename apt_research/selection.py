@@ -1,4 +1,4 @@
-"""Hierarchical patch selection and the token arithmetic built on its masks (spec section 2)."""
+"""Hierarchical patch selection and the token arithmetic built on its masks (``docs/contract.md``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ def select_patches_by_threshold(entropy_maps: dict[int, torch.Tensor], threshold
     Parameters
     ----------
     entropy_maps : dict[int, Tensor]
-        ``{p_s: (B, h_s, w_s)}`` importance maps of S scales whose grids nest.
+        ``{p_s: (B, h_s, w_s)}`` scores of S scales whose grids nest, from any
+        scorer (the name is the reference implementation's).
     thresholds : sequence of float
         S - 1 numbers; ``thresholds[s - 1]`` belongs to scale s (patch size
-        ``p * 2**s``). A patch of scale s >= 1 is kept where ``map < threshold``.
+        ``p * 2**s``). A patch of scale s >= 1 is kept where ``score < threshold``;
+        padded border patches (score ``pad_value``) are never kept while every
+        threshold is at most ``pad_value`` (the border rule).
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""``PatchTokenizer``: importance maps, masks, patch groups and the packed sequence (spec section 4)."""
+"""``PatchTokenizer``: importance maps, masks, patch groups and the packed sequence (``docs/contract.md``)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ._validation import check_images, check_int, check_maps, check_thresholds
-from .entropy import (
-    denormalize_pixels,
-    entropy_maps_unchecked,
-    grid_shape,
-    numba_available,
-    scale_sizes,
-    triton_available,
+from ._validation import (
+    check_channel_stats,
+    check_extent,
+    check_images,
+    check_int,
+    check_maps,
+    check_pad_value,
+    check_thresholds,
 )
-from .scorers import compute_importance_maps, scorer_options
+from .contract import DEFAULT_PAD_VALUE
+from .entropy import denormalize_pixels, grid_shape, numba_available, scale_sizes, triton_available
+from .scorers import entropy_scorer, get_scorer, importance_maps_unchecked
 from .selection import select_patches_by_threshold
 
 CLASS_TOKEN = -1
@@ -33,17 +35,26 @@ def _pair(name: str, value) -> tuple[int, int]:
     return check_int(f"{name}[0]", value[0], 1), check_int(f"{name}[1]", value[1], 1)
 
 
-def _channel_stats(name: str, value) -> torch.Tensor:
-    tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
-    if tensor.numel() not in (1, 3) or not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} must be 1 or 3 finite numbers (one per channel), got {value!r}")
-    if name == "std" and bool((tensor <= 0).any()):
-        raise ValueError(f"std must be positive, got {value!r}")
-    return tensor
+def _unnormalisation(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's second normalisation ``(-mean / std, 1 / std)``, float32, checked finite."""
+    mean_t, std_t = check_channel_stats("mean", mean), check_channel_stats("std", std, positive=True)
+    if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
+        raise ValueError(f"mean and std must have as many values, got {mean!r} and {std!r}")
+    shift, scale = -mean_t / std_t, 1.0 / std_t
+    if not bool(torch.isfinite(shift).all() and torch.isfinite(scale).all()):
+        raise ValueError(f"std is too small for these means: 1 / std or mean / std overflows float32, got "
+                         f"mean={mean!r}, std={std!r}; expected the normalisation the images carry")
+    return shift, scale
+
+
+def _needs_grad(images: torch.Tensor) -> bool:
+    """Whether autograd follows ``images``: then the patches are cut with differentiable torch indexing."""
+    return images.requires_grad and torch.is_grad_enabled()
 
 
 def _numba_gather(images: torch.Tensor) -> bool:
-    return images.device.type == "cpu" and images.dtype == torch.float32 and numba_available()
+    return (images.device.type == "cpu" and images.dtype == torch.float32 and numba_available()
+            and not _needs_grad(images))
 
 
 def _gather_patches(images, image_idx, row_idx, col_idx, size: int) -> torch.Tensor:
@@ -104,7 +115,7 @@ def patch_groups(images: torch.Tensor, masks: dict[int, torch.Tensor], base_patc
     ``2**s`` with ``align_corners=False`` reads pixels inside the patch only, so
     this equals resizing the whole padded image and cutting it.
     """
-    if images.device.type == "cuda" and triton_available():
+    if images.device.type == "cuda" and triton_available() and not _needs_grad(images):
         return _patch_groups_triton(images, masks, base_patch_size)
     return _patch_groups_gather(images, masks, base_patch_size)
 
@@ -162,18 +173,26 @@ class PatchTokenizer(nn.Module):
     base_patch_size : int
         Patch size of scale 0 (the ViT's patch size), e.g. 14 or 16.
     image_size : int or (int, int)
-        Height and width of the images ``forward`` takes; any values.
+        Height and width of the images ``forward`` takes; any values, but the
+        coarsest patch ``base_patch_size * 2**(num_scales - 1)`` may be at most
+        twice the longer side or 256 px, whichever is larger.
     thresholds : sequence of float
         S - 1 thresholds; ``thresholds[s - 1]`` keeps scale-s patches whose score is below it.
     mean, std : sequence of float
-        The normalisation the input images carry (as a ViT expects); undone,
-        times 255, before scoring.
+        The normalisation the input images carry (as a ViT expects), 1 or 3
+        values each; undone, times 255, before scoring.
     method : str
-        Registered importance scorer (``entropy``, ``laplacian``, ``upsample_mse``).
+        Registered importance scorer (``entropy``, ``laplacian``, ``upsample_mse``,
+        or one added with ``register_scorer``); the maps come from the registry.
     pad_value : float
-        Score of padded border patches (never kept above scale 0).
+        Score of padded border patches; at least every threshold, so that they
+        are never kept above scale 0 (the border rule).
     **method_options
-        Options of the scorer, e.g. ``bins=512`` for entropy.
+        Options of the scorer, checked here, e.g. ``bins=512`` for entropy.
+
+    Everything is checked when the tokenizer is built, so that ``forward``
+    checks only the images. Images that require grad are accepted: the
+    patches then keep their gradient (torch indexing instead of the copy kernels).
 
     Examples
     --------
@@ -199,26 +218,27 @@ class PatchTokenizer(nn.Module):
         std: Sequence[float] = (0.229, 0.224, 0.225),
         method: str = "entropy",
         *,
-        pad_value: float = 1e6,
+        pad_value: float = DEFAULT_PAD_VALUE,
         **method_options,
     ):
         super().__init__()
         self.num_scales = check_int("num_scales", num_scales, 1)
         self.base_patch_size = check_int("base_patch_size", base_patch_size, 1)
         self.image_size = _pair("image_size", image_size)
+        check_extent(self.base_patch_size, self.num_scales, *self.image_size, names=("base_patch_size", "num_scales"))
         self.thresholds = check_thresholds(thresholds, num_scales)
-        allowed = scorer_options(method)
-        unknown = sorted(set(method_options) - set(allowed))
-        if unknown:
-            raise TypeError(f"method {method!r} takes options {sorted(allowed)}, got unknown option(s) {unknown}")
+        self.scorer = get_scorer(method)
         self.method = method
-        self.method_options = dict(method_options)
-        self.pad_value = float(pad_value)
+        self.method_options = self.scorer.resolve(method_options)
+        self.pad_value = check_pad_value(pad_value)
+        if self.thresholds and self.pad_value < max(self.thresholds):
+            raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
+                             f"kept (the border rule); got pad_value={pad_value!r} below thresholds {self.thresholds}")
         self.patch_sizes = scale_sizes(base_patch_size, num_scales)
-        mean_t, std_t = _channel_stats("mean", mean), _channel_stats("std", std)
         # The reference undoes the normalisation as a second one, (x - m') / s'; kept for exact token counts.
-        self.register_buffer("unnorm_mean", (-mean_t / std_t).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("unnorm_std", (1.0 / std_t).view(1, -1, 1, 1), persistent=False)
+        shift, scale = _unnormalisation(mean, std)
+        self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
         self._threshold_cache = None
 
     def extra_repr(self) -> str:
@@ -244,41 +264,21 @@ class PatchTokenizer(nn.Module):
         return denormalize_pixels(images, self.unnorm_mean, self.unnorm_std)
 
     def compute_importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        """``{p_s: (B, h_s, w_s)}`` scores of the normalised ``images``.
+        """``{p_s: (B, h_s, w_s)}`` scores of the normalised ``images``, from the scorer registry.
 
-        For entropy the fused kernels undo the normalisation on the fly; other
-        scorers get a pixel copy from ``to_pixels``.
+        A scorer that takes ``denormalize`` (the entropy kernels) undoes the
+        normalisation on the fly; other scorers get a pixel copy from ``to_pixels``.
         """
         self._check_input(images)
         return self._importance_maps(images)
 
-    def _entropy_options(self) -> dict:
-        return {"bins": 512, "backend": "auto", **self.method_options}
-
     def _entropy_by_kernel(self) -> bool:
         """Whether CUDA scoring goes through the Triton entropy kernel (which also checks the values)."""
-        return self.method == "entropy" and self._entropy_options()["backend"] in ("auto", "triton")
+        return self.scorer.function is entropy_scorer and self.method_options["backend"] in ("auto", "triton")
 
     def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        if self.method == "entropy":
-            options = self._entropy_options()
-            return entropy_maps_unchecked(
-                images,
-                self.base_patch_size,
-                self.num_scales,
-                options["bins"],
-                self.pad_value,
-                options["backend"],
-                denormalize=(self.unnorm_mean, self.unnorm_std),
-            )
-        return compute_importance_maps(
-            self.to_pixels(images),
-            self.method,
-            self.base_patch_size,
-            self.num_scales,
-            pad_value=self.pad_value,
-            **self.method_options,
-        )
+        return importance_maps_unchecked(self.scorer, images, self.base_patch_size, self.num_scales, self.pad_value,
+                                         self.method_options, denormalize=(self.unnorm_mean, self.unnorm_std))
 
     def construct_masks(self, importance_maps: dict[int, torch.Tensor]):
         """Masks per scale, the packed sequence's scale labels and the length of each image's sequence.
@@ -323,7 +323,7 @@ class PatchTokenizer(nn.Module):
         ``(sum(seqlens), 4)`` aligned with ``output_mask`` (class tokens:
         ``(image, -1, -1, 0)``).
         """
-        fused = images.device.type == "cuda" and triton_available()
+        fused = images.device.type == "cuda" and triton_available() and not _needs_grad(images)
         # The fused entropy kernel checks the values itself: no pass over the batch, no host sync.
         kernel_checks = fused and importance_maps is None and self._entropy_by_kernel()
         self._check_input(images, values=not kernel_checks)
@@ -377,7 +377,7 @@ class PatchTokenizer(nn.Module):
         kernel_checks = importance_maps is None and self._entropy_by_kernel()
         if kernel_checks:
             flat, importance_maps = entropy_flat_triton(
-                images, base, num_scales, self._entropy_options()["bins"], self.pad_value,
+                images, base, num_scales, self.method_options["bins"], self.pad_value,
                 (self.unnorm_mean, self.unnorm_std), check_finite=True,
             )
         else:

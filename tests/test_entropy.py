@@ -1,7 +1,13 @@
-"""Entropy maps against the per-patch torch.histc reference (spec section 1)."""
+"""Entropy maps against the per-patch torch.histc reference (docs/contract.md, Entropy maps)."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
+
+import apt_research
+from apt_research import contract
 
 from apt_research import compute_patch_entropy_batched, patch_histograms
 from apt_research.entropy import bin_indices
@@ -108,3 +114,26 @@ def test_border_rule_sets_pad_value_on_padded_rows_and_columns():
 def test_image_smaller_than_one_patch_is_one_padded_patch():
     maps = compute_patch_entropy_batched(torch.full((1, 1, 5, 3), 200.0), 16, 2, 512)
     assert maps[16].shape == (1, 1, 1) and maps[32].shape == (1, 1, 1)
+
+
+def test_contract_numbers_are_declared_once():
+    """Grayscale weights, the pixel range of the binning rule, the log epsilon and the default pad value
+    appear as numbers only in contract.py; the torch, numba and Triton paths import them from there."""
+    numbers = {*contract.GRAY_WEIGHTS, contract.LOG_EPSILON, contract.DEFAULT_PAD_VALUE, contract.MAX_PIXEL}
+    package = Path(apt_research.__file__).parent
+    paths = ["entropy.py", "_entropy_cpu.py", "_entropy_cuda.py", "scorers.py", "tokenizer.py", "selection.py",
+             "analysis.py", "_validation.py"]
+    found = []
+    for name in paths:
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, ast.Constant) and type(node.value) is float and node.value in numbers:
+                found.append(f"{name}:{node.lineno}: {node.value}")
+    assert found == []
+    for name in ("_entropy_cpu.py", "_entropy_cuda.py", "entropy.py"):
+        assert "from .contract import" in (package / name).read_text(), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_most_bins_allowed(backend):
+    images = torch.rand(2, 3, 40, 50, generator=torch.Generator().manual_seed(1)) * 255
+    _check(images, 8, 3, contract.MAX_BINS, backend)

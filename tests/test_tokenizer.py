@@ -1,4 +1,4 @@
-"""PatchTokenizer: patch groups against the reference's grouping, packing properties (spec section 4)."""
+"""PatchTokenizer: patch groups against the reference's grouping, packing properties (docs/contract.md)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from apt_research import PatchTokenizer
 
 import reference
-from conftest import skimage_batch
+from conftest import cuda, skimage_batch
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -159,3 +159,53 @@ def test_torch_gather_path_equals_reference(custom_maps):
             assert torch.allclose(groups[key].float(), value, atol=1e-6), key
     if custom_maps:
         assert expected["resized_patches_56"].shape[0] == 16
+
+
+def _check_gradient_flows(device):
+    images = normalise(skimage_batch(61, 97)).to(device)
+    tokenizer = PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], MEAN, STD).to(device)
+    plain = tokenizer(images)
+    leaf = images.clone().requires_grad_()
+    out = tokenizer(leaf)
+    assert out["seqlens"] == plain["seqlens"]
+    for key, value in plain.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(out[key].detach(), value), key
+    out["resized_patches_14"].sum().backward()
+    kept = out["masks"][14].repeat_interleave(14, 1).repeat_interleave(14, 2)[:, :61, :97]
+    assert torch.equal(leaf.grad, kept[:, None].expand_as(leaf).float()), "d(sum of kept 14-px patches)/d(pixel)"
+    assert kept.sum() > 0
+
+
+def test_images_that_require_grad_give_the_same_tokens_and_a_gradient():
+    _check_gradient_flows("cpu")
+
+
+@cuda
+def test_images_that_require_grad_on_cuda():
+    _check_gradient_flows("cuda")
+
+
+def test_construction_checks_the_scorer_once():
+    """forward checks only the images: the scorer's option checker runs when the tokenizer is built."""
+    from apt_research import SCORERS, register_scorer
+
+    calls = []
+
+    def check(options):
+        calls.append(options)
+        return options
+
+    def flat(images, patch_size, num_scales, *, level=0.0):
+        return {patch_size * 2**s: torch.full((images.shape[0], *[-(-n // (patch_size * 2**s)) for n in
+                                                                  images.shape[-2:]]), level)
+                for s in range(num_scales)}
+
+    register_scorer("flat_check", check=check)(flat)
+    try:
+        tokenizer = PatchTokenizer(2, 16, 64, [1.0], method="flat_check", level=0.5)
+        for _ in range(3):
+            assert tokenizer(torch.zeros(1, 3, 64, 64))["seqlens"] == [5]
+    finally:
+        SCORERS.pop("flat_check")
+    assert calls == [{"level": 0.5}]

@@ -13,6 +13,7 @@ import torch
 import reference
 from apt_research import PatchTokenizer
 from apt_research._entropy_cuda import entropy_flat_triton
+from apt_research.contract import DEFAULT_PAD_VALUE, MAX_BINS
 from apt_research.tokenizer import _patch_groups_gather, _patch_groups_triton
 from images import skimage_batch
 
@@ -103,11 +104,11 @@ def test_fused_forward_rejects_non_finite(value, word):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-@pytest.mark.parametrize("bins", [64, 512])
+@pytest.mark.parametrize("bins", [64, 512, MAX_BINS])
 def test_entropy_kernel_matches_reference(dtype, bins):
     pixels = skimage_batch(50, 37, ("coffee",)).round().to(dtype)
     expected = reference.entropy_maps(pixels.float(), 8, 3, bins)
-    flat, maps = entropy_flat_triton(pixels, 8, 3, bins, 1e6)
+    flat, maps = entropy_flat_triton(pixels, 8, 3, bins, DEFAULT_PAD_VALUE)
     for size in expected:
         assert float((maps[size] - expected[size]).abs().max()) <= 1e-5
     assert flat.numel() == sum(m.numel() for m in maps.values())
