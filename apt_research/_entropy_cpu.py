@@ -149,24 +149,3 @@ def histograms_kernel(images, bins, size, rows, cols, out):
                     else:
                         out[b, i, j, 0] += 1
     return out
-
-
-@njit(cache=True, parallel=True)
-def gather_patches_kernel(images, image_idx, row_idx, col_idx, size, out):
-    """Copy patch n (image ``image_idx[n]``, grid cell ``row_idx[n], col_idx[n]`` of side ``size``) into
-    ``out[n]`` ``(C, size, size)``; the parts outside the image are zero (the zero padding)."""
-    _, channels, height, width = images.shape
-    for n in prange(image_idx.shape[0]):
-        b = image_idx[n]
-        y0 = row_idx[n] * size
-        x0 = col_idx[n] * size
-        inside = min(x0 + size, width) - x0
-        for c in range(channels):
-            for dy in range(size):
-                y = y0 + dy
-                if y < height:
-                    out[n, c, dy, :inside] = images[b, c, y, x0 : x0 + inside]
-                    out[n, c, dy, inside:] = 0
-                else:
-                    out[n, c, dy, :] = 0
-    return out
