@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -102,7 +104,8 @@ def _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value):
     return apply_border_rule(maps, height, width, pad_value)
 
 
-def _entropy_tables(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=64)
+def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``-(c/N) log2(c/N + 1e-10)`` for c = 0..N, N = p_s**2, every scale, concatenated; and where each starts."""
     tables, starts, start = [], [], 0
     for size in sizes:
@@ -114,7 +117,7 @@ def _entropy_tables(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)
 
 
-def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None):
+def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
     from ._entropy_cpu import entropy_maps_kernel
 
     if images.dtype not in (torch.uint8, torch.float32):
@@ -127,16 +130,21 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     cols = np.asarray([g[1] for g in grids], dtype=np.int64)
     counts = batch * rows * cols
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    tables, table_offsets = _entropy_tables(sizes)
+    tables, table_offsets = _entropy_tables(tuple(sizes))
     out = np.empty(int(counts.sum()), dtype=np.float32)
     if denormalize is None:
         shift = scale = np.zeros(3, dtype=np.float32)
     else:
         shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
+    bad_bands = np.empty(batch * int(rows[-1]), dtype=np.bool_)
     entropy_maps_kernel(
         pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
-        shift, scale, denormalize is not None, out,
+        shift, scale, denormalize is not None, out, bad_bands,
     )
+    if check_finite and bad_bands.any():
+        image = int(np.flatnonzero(bad_bands)[0]) // int(rows[-1])
+        raise ValueError(f"images must be finite, got a nan or inf value in image {image} of the batch; "
+                         "expected normalised pixel values")
     flat = torch.from_numpy(out)
     return {
         size: flat[offsets[s] : offsets[s] + counts[s]].view(batch, int(rows[s]), int(cols[s]))
@@ -232,8 +240,13 @@ def compute_patch_entropy_batched(
     return entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value, backend, denormalize)
 
 
-def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=1e6, backend="auto", denormalize=None):
-    """``compute_patch_entropy_batched`` without the input checks, for callers that have made them."""
+def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=1e6, backend="auto", denormalize=None,
+                           check_finite=False):
+    """``compute_patch_entropy_batched`` without the input checks, for callers that have made them.
+
+    ``check_finite``: the numba kernel reports NaN / inf pixels (raising ``ValueError``) instead of
+    the caller making a pass over the batch first; the caller asks for it only where numba runs.
+    """
     if backend == "auto":
         if images.device.type == "cpu":
             backend = "numba" if numba_available() else "torch"
@@ -246,7 +259,7 @@ def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=1e6, 
     if backend == "numba":
         if images.device.type != "cpu":
             raise ValueError(f"backend 'numba' needs CPU tensors, got images on {images.device}")
-        return _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize)
+        return _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize, check_finite)
     if denormalize is not None:
         images = denormalize_pixels(images, *denormalize)
     return _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value)

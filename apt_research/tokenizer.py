@@ -244,8 +244,9 @@ class PatchTokenizer(nn.Module):
         For entropy the fused kernels undo the normalisation on the fly; other
         scorers get a pixel copy from ``to_pixels``.
         """
-        self._check_input(images)
-        return self._importance_maps(images)
+        kernel_checks = self._entropy_by_numba(images)
+        self._check_input(images, values=not kernel_checks)
+        return self._importance_maps(images, check_finite=kernel_checks)
 
     def _entropy_options(self) -> dict:
         return {"bins": 512, "backend": "auto", **self.method_options}
@@ -254,7 +255,13 @@ class PatchTokenizer(nn.Module):
         """Whether CUDA scoring goes through the Triton entropy kernel (which also checks the values)."""
         return self.method == "entropy" and self._entropy_options()["backend"] in ("auto", "triton")
 
-    def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _entropy_by_numba(self, images: torch.Tensor) -> bool:
+        """Whether CPU scoring goes through the numba entropy kernel (which then also checks the values)."""
+        backend = self._entropy_options()["backend"]
+        return (self.method == "entropy" and images.device.type == "cpu" and numba_available()
+                and backend in ("auto", "numba"))
+
+    def _importance_maps(self, images: torch.Tensor, check_finite: bool = False) -> dict[int, torch.Tensor]:
         if self.method == "entropy":
             options = self._entropy_options()
             return entropy_maps_unchecked(
@@ -265,6 +272,7 @@ class PatchTokenizer(nn.Module):
                 self.pad_value,
                 options["backend"],
                 denormalize=(self.unnorm_mean, self.unnorm_std),
+                check_finite=check_finite,
             )
         return compute_importance_maps(
             self.to_pixels(images),
@@ -319,25 +327,28 @@ class PatchTokenizer(nn.Module):
         ``(image, -1, -1, 0)``).
         """
         fused = images.device.type == "cuda" and triton_available()
-        # The fused entropy kernel checks the values itself: no pass over the batch, no host sync.
-        kernel_checks = fused and importance_maps is None and self._entropy_by_kernel()
+        # The fused entropy kernels (Triton, numba) check the values themselves: no pass over the batch of
+        # their own (and on CUDA no host sync).
+        kernel_checks = importance_maps is None and (
+            self._entropy_by_kernel() if fused else self._entropy_by_numba(images)
+        )
         self._check_input(images, values=not kernel_checks)
         if importance_maps is not None:
             self._check_importance_maps(importance_maps, images)
         if fused:
             out = self._forward_triton(images, importance_maps)
         else:
-            out = self._forward_gather(images, importance_maps)
+            out = self._forward_gather(images, importance_maps, check_finite=kernel_checks)
         seqlens = out["seqlens"]
         out["max_seqlen"] = max(seqlens)
         height, width = self.image_size
         out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
         return out
 
-    def _forward_gather(self, images, importance_maps) -> dict:
-        """CPU (numba) or plain torch forward."""
+    def _forward_gather(self, images, importance_maps, check_finite: bool = False) -> dict:
+        """CPU (numba) or plain torch forward; ``check_finite``: the entropy kernel checks the values."""
         if importance_maps is None:
-            importance_maps = self._importance_maps(images)
+            importance_maps = self._importance_maps(images, check_finite)
         if _numba_gather(images) and all(importance_maps[size].dtype == torch.float32 for size in self.patch_sizes):
             return self._forward_numba(images, importance_maps)
         masks, counts, counts_host = self._select(importance_maps)

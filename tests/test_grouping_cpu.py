@@ -92,3 +92,20 @@ def test_groups_of_custom_masks_with_patches_outside_the_image_equal_plain_torch
     fast = tokenizer.construct_patch_groups(images, masks)
     assert fast["resized_patches_56"].shape[0] == 16
     assert_same(fast, plain_torch(lambda: tokenizer.construct_patch_groups(images, masks)))
+
+
+@pytest.mark.parametrize("value,word", [(float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "inf")])
+@pytest.mark.parametrize("call", ["forward", "compute_importance_maps", "forward with maps"])
+def test_non_finite_pixels_are_reported_by_the_entropy_kernel(value, word, call):
+    # On the CPU the numba entropy kernel checks the values as it reads them (no pass of its own).
+    images = normalise(skimage_batch(50, 70)[:3])
+    tokenizer = PatchTokenizer(3, 8, (50, 70), [6.0, 5.0], MEAN, STD)
+    maps = tokenizer.compute_importance_maps(images)
+    images[1, 2, 49, 69] = value
+    run = {"forward": lambda: tokenizer(images), "compute_importance_maps": lambda: tokenizer.compute_importance_maps(images),
+           "forward with maps": lambda: tokenizer(images, maps)}[call]
+    with pytest.raises(ValueError, match="images must be finite") as info:
+        run()
+    assert word in str(info.value)
+    if call != "forward with maps":
+        assert "image 1 of the batch" in str(info.value)
