@@ -53,35 +53,53 @@ def _channel(value, shift, scale, denormalize):
 
 @njit(cache=True)
 def _band_bins(images, b, y0, rows, bins, shifts, scales, denormalize, band):
-    """Bins of the pixels of rows ``y0 .. y0 + rows`` of image b into ``band`` (rows x padded width); padding is 0."""
+    """Bins of the pixels of rows ``y0 .. y0 + rows`` of image b into ``band`` (rows x padded width); padding is 0.
+
+    Returns whether the band holds a NaN or an infinite value (its pixels then go to bin 0).
+    """
     _, channels, height, width = images.shape
     bins_f = np.float32(bins)
     last_bin = bins - 1
     band[:, :] = 0
+    poison = np.float32(0.0)  # x - x is 0 for every finite x, NaN for NaN and +-inf
     for dy in range(min(rows, height - y0)):
         y = y0 + dy
         out_row = band[dy]
         if channels == 3:
             red, green, blue = images[b, 0, y], images[b, 1, y], images[b, 2, y]
             for x in range(width):
+                r, g, b_ = np.float32(red[x]), np.float32(green[x]), np.float32(blue[x])
+                poison += (r - r) + (g - g) + (b_ - b_)
                 gray = (
-                    _channel(red[x], shifts[0], scales[0], denormalize) * _R
-                    + _channel(green[x], shifts[1], scales[1], denormalize) * _G
-                    + _channel(blue[x], shifts[2], scales[2], denormalize) * _B
+                    _channel(r, shifts[0], scales[0], denormalize) * _R
+                    + _channel(g, shifts[1], scales[1], denormalize) * _G
+                    + _channel(b_, shifts[2], scales[2], denormalize) * _B
                 )
-                out_row[x] = min(int(gray * bins_f / _MAX_PIXEL), last_bin)
+                out_row[x] = _bin(gray, bins_f, last_bin)
         else:
             gray_row = images[b, 0, y]
             for x in range(width):
-                gray = _channel(gray_row[x], shifts[0], scales[0], denormalize)
-                out_row[x] = min(int(gray * bins_f / _MAX_PIXEL), last_bin)
+                value = np.float32(gray_row[x])
+                poison += value - value
+                out_row[x] = _bin(_channel(value, shifts[0], scales[0], denormalize), bins_f, last_bin)
+    return poison != 0
+
+
+@njit(cache=True, inline="always")
+def _bin(gray, bins_f, last_bin):
+    """``min(floor(gray * bins / 255), bins - 1)``; bin 0 for NaN (reported by the caller, never used)."""
+    return min(int((gray if gray == gray else np.float32(0.0)) * bins_f / _MAX_PIXEL), last_bin)
 
 
 @njit(cache=True, parallel=True)
 def entropy_maps_kernel(
-    images, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, shifts, scales, denormalize, out
+    images, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, shifts, scales, denormalize, out,
+    bad_bands,
 ):
     """Fill ``out`` (flat float32) with the entropy maps of every scale.
+
+    ``bad_bands[task]`` is set where the band of task ``b * rows[-1] + band_row`` holds a NaN or
+    an infinite value (its maps are then meaningless: the caller raises).
 
     With ``denormalize`` the images are normalised and each channel c is first
     mapped back to pixels as ``clamp((x - shifts[c]) / scales[c] * 255, 0, 255)``.
@@ -100,7 +118,7 @@ def entropy_maps_kernel(
         band = np.empty((coarsest, padded_width), dtype=np.int32)
         hist = np.zeros(bins, dtype=np.int32)
         touched = np.empty(min(bins, coarsest * coarsest) + 1, dtype=np.int32)
-        _band_bins(images, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band)
+        bad_bands[task] = _band_bins(images, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band)
         for scale in range(num_scales):
             size = base << scale
             per_band = coarsest // size
@@ -151,25 +169,4 @@ def histograms_kernel(images, bins, size, rows, cols, out):
                         out[b, i, j, _pixel_bin(images, b, y, x, bins_f, bins - 1)] += 1
                     else:
                         out[b, i, j, 0] += 1
-    return out
-
-
-@njit(cache=True, parallel=True)
-def gather_patches_kernel(images, image_idx, row_idx, col_idx, size, out):
-    """Copy patch n (image ``image_idx[n]``, grid cell ``row_idx[n], col_idx[n]`` of side ``size``) into
-    ``out[n]`` ``(C, size, size)``; the parts outside the image are zero (the zero padding)."""
-    _, channels, height, width = images.shape
-    for n in prange(image_idx.shape[0]):
-        b = image_idx[n]
-        y0 = row_idx[n] * size
-        x0 = col_idx[n] * size
-        inside = min(x0 + size, width) - x0
-        for c in range(channels):
-            for dy in range(size):
-                y = y0 + dy
-                if y < height:
-                    out[n, c, dy, :inside] = images[b, c, y, x0 : x0 + inside]
-                    out[n, c, dy, inside:] = 0
-                else:
-                    out[n, c, dy, :] = 0
     return out

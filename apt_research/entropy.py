@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -117,7 +119,8 @@ def _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value):
     return apply_border_rule(maps, height, width, pad_value)
 
 
-def _entropy_tables(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=64)
+def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``-(c/N) log2(c/N + 1e-10)`` for c = 0..N, N = p_s**2, every scale, concatenated; and where each starts."""
     tables, starts, start = [], [], 0
     for size in sizes:
@@ -138,7 +141,7 @@ def _caused_by(error: BaseException, kind: type) -> bool:
     return False
 
 
-def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None):
+def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
     from ._entropy_cpu import entropy_maps_kernel
 
     if images.dtype not in (torch.uint8, torch.float32):
@@ -151,7 +154,7 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     cols = np.asarray([g[1] for g in grids], dtype=np.int64)
     counts = batch * rows * cols
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    tables, table_offsets = _entropy_tables(sizes)
+    tables, table_offsets = _entropy_tables(tuple(sizes))
     # NaN never leaves the kernel (pad values are not NaN): cells still NaN afterwards mean a task of the
     # parallel loop failed to allocate its scratch, which numba does not raise from a parallel region.
     out = np.full(int(counts.sum()), np.nan, dtype=np.float32)
@@ -159,16 +162,21 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
         shift = scale = np.zeros(3, dtype=np.float32)
     else:
         shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
+    bad_bands = np.zeros(batch * int(rows[-1]), dtype=np.bool_)
     try:
         entropy_maps_kernel(
             pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
-            shift, scale, denormalize is not None, out,
+            shift, scale, denormalize is not None, out, bad_bands,
         )
         allocated = not np.isnan(out).any()
     except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
         if not _caused_by(error, MemoryError):
             raise
         allocated = False
+    if check_finite and bad_bands.any():
+        image = int(np.flatnonzero(bad_bands)[0]) // int(rows[-1])
+        raise ValueError(f"images must be finite, got a nan or inf value in image {image} of the batch; "
+                         "expected normalised pixel values")
     if not allocated:
         raise MemoryError(
             f"the numba entropy kernel could not allocate its scratch buffers (a band of {sizes[-1]} x "
@@ -285,8 +293,12 @@ def compute_patch_entropy_batched(
 
 
 def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=DEFAULT_PAD_VALUE, backend="auto",
-                           denormalize=None):
-    """``compute_patch_entropy_batched`` without the argument checks, for callers that have made them."""
+                           denormalize=None, check_finite=False):
+    """``compute_patch_entropy_batched`` without the argument checks, for callers that have made them.
+
+    ``check_finite``: the numba kernel reports NaN / inf pixels (raising ``ValueError``) instead of
+    the caller making a pass over the batch first; the caller asks for it only where numba runs.
+    """
     images = images.detach()
     if backend == "auto":
         if images.device.type == "cpu":
@@ -302,7 +314,7 @@ def entropy_maps_unchecked(images, patch_size, num_scales, bins, pad_value=DEFAU
     if backend == "numba":
         if images.device.type != "cpu":
             raise ValueError(f"backend 'numba' needs CPU tensors, got images on {images.device}")
-        return _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize)
+        return _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize, check_finite)
     if denormalize is not None:
         images = denormalize_pixels(images, *denormalize)
     return _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value)

@@ -151,9 +151,15 @@ def _check_entropy_options(options: dict) -> dict:
 
 
 @register_scorer("entropy", check=_check_entropy_options)
-def entropy_scorer(images, patch_size, num_scales, *, bins=DEFAULT_BINS, backend="auto", denormalize=None):
-    """Shannon entropy of each patch's gray-level histogram (``compute_patch_entropy_batched``)."""
-    return entropy_maps_unchecked(images, patch_size, num_scales, bins, DEFAULT_PAD_VALUE, backend, denormalize)
+def entropy_scorer(images, patch_size, num_scales, *, bins=DEFAULT_BINS, backend="auto", denormalize=None,
+                   check_finite=False):
+    """Shannon entropy of each patch's gray-level histogram (``compute_patch_entropy_batched``).
+
+    ``check_finite``: the numba kernel itself refuses NaN / inf pixels (``PatchTokenizer`` asks for it
+    instead of a separate pass over the batch).
+    """
+    return entropy_maps_unchecked(images, patch_size, num_scales, bins, DEFAULT_PAD_VALUE, backend, denormalize,
+                                  check_finite)
 
 
 LAPLACIAN_AGGREGATES = ("mean", "max", "std")

@@ -58,22 +58,12 @@ def _numba_gather(images: torch.Tensor) -> bool:
 
 
 def _gather_patches(images, image_idx, row_idx, col_idx, size: int) -> torch.Tensor:
-    """The ``size x size`` patches at the given grid cells, ``(N, C, size, size)``.
+    """The ``size x size`` patches at the given grid cells, ``(N, C, size, size)`` (plain torch).
 
-    CPU float32: a numba kernel copies only the kept patches of ``images`` and
-    writes zeros beyond the image. Elsewhere ``images`` is zero-padded to a
-    multiple of the base patch: the grid of whole patches is viewed and indexed.
-    Patches above scale 0 that stick out of the image are never kept (the border
-    rule); should custom maps keep one, the image is padded for that scale.
+    ``images`` is zero-padded to a multiple of the base patch: the grid of whole patches is
+    viewed and indexed. Patches above scale 0 that stick out of the image are never kept (the
+    border rule); should custom maps keep one, the image is padded for that scale.
     """
-    if _numba_gather(images):
-        from ._entropy_cpu import gather_patches_kernel
-
-        out = torch.empty(image_idx.shape[0], images.shape[1], size, size)
-        gather_patches_kernel(
-            images.contiguous().numpy(), image_idx.numpy(), row_idx.numpy(), col_idx.numpy(), size, out.numpy()
-        )
-        return out
     rows, cols = images.shape[-2] // size, images.shape[-1] // size
     if image_idx.numel() and bool(((row_idx >= rows) | (col_idx >= cols)).any()):
         # Custom maps can keep a large patch that sticks out of the image: pad for this scale.
@@ -121,12 +111,17 @@ def patch_groups(images: torch.Tensor, masks: dict[int, torch.Tensor], base_patc
 
 
 def _patch_groups_gather(images, masks, base: int) -> dict[str, torch.Tensor]:
-    """CPU (numba copy) or plain torch: gather each scale's kept patches."""
+    """CPU (numba: each kept patch written once to its slot) or plain torch: gather each scale's kept patches."""
+    if _numba_gather(images):
+        from ._grouping_cpu import group_patches
+
+        sizes = sorted(masks)
+        keep = [masks[size].bool().contiguous().numpy().view(np.uint8) for size in sizes]
+        return group_patches(images, keep, sizes, base)
     height, width = images.shape[-2:]
-    if not _numba_gather(images):
-        rows, cols = grid_shape(height, width, base)
-        if (rows * base, cols * base) != (height, width):
-            images = F.pad(images, (0, cols * base - width, 0, rows * base - height))
+    rows, cols = grid_shape(height, width, base)
+    if (rows * base, cols * base) != (height, width):
+        images = F.pad(images, (0, cols * base - width, 0, rows * base - height))
     groups = {}
     for scale, size in enumerate(sorted(masks)):
         keep = masks[size].bool()
@@ -269,16 +264,23 @@ class PatchTokenizer(nn.Module):
         A scorer that takes ``denormalize`` (the entropy kernels) undoes the
         normalisation on the fly; other scorers get a pixel copy from ``to_pixels``.
         """
-        self._check_input(images)
-        return self._importance_maps(images)
+        kernel_checks = self._entropy_by_numba(images)
+        self._check_input(images, values=not kernel_checks)
+        return self._importance_maps(images, check_finite=kernel_checks)
 
     def _entropy_by_kernel(self) -> bool:
         """Whether CUDA scoring goes through the Triton entropy kernel (which also checks the values)."""
         return self.scorer.function is entropy_scorer and self.method_options["backend"] in ("auto", "triton")
 
-    def _importance_maps(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _entropy_by_numba(self, images: torch.Tensor) -> bool:
+        """Whether CPU scoring goes through the numba entropy kernel (which then also checks the values)."""
+        return (self.scorer.function is entropy_scorer and images.device.type == "cpu" and numba_available()
+                and self.method_options["backend"] in ("auto", "numba"))
+
+    def _importance_maps(self, images: torch.Tensor, check_finite: bool = False) -> dict[int, torch.Tensor]:
+        options = {**self.method_options, "check_finite": True} if check_finite else self.method_options
         return importance_maps_unchecked(self.scorer, images, self.base_patch_size, self.num_scales, self.pad_value,
-                                         self.method_options, denormalize=(self.unnorm_mean, self.unnorm_std))
+                                         options, denormalize=(self.unnorm_mean, self.unnorm_std))
 
     def construct_masks(self, importance_maps: dict[int, torch.Tensor]):
         """Masks per scale, the packed sequence's scale labels and the length of each image's sequence.
@@ -324,25 +326,30 @@ class PatchTokenizer(nn.Module):
         ``(image, -1, -1, 0)``).
         """
         fused = images.device.type == "cuda" and triton_available() and not _needs_grad(images)
-        # The fused entropy kernel checks the values itself: no pass over the batch, no host sync.
-        kernel_checks = fused and importance_maps is None and self._entropy_by_kernel()
+        # The fused entropy kernels (Triton, numba) check the values themselves: no pass over the batch of
+        # their own (and on CUDA no host sync).
+        kernel_checks = importance_maps is None and (
+            self._entropy_by_kernel() if fused else self._entropy_by_numba(images)
+        )
         self._check_input(images, values=not kernel_checks)
         if importance_maps is not None:
             self._check_importance_maps(importance_maps, images)
         if fused:
             out = self._forward_triton(images, importance_maps)
         else:
-            out = self._forward_gather(images, importance_maps)
+            out = self._forward_gather(images, importance_maps, check_finite=kernel_checks)
         seqlens = out["seqlens"]
         out["max_seqlen"] = max(seqlens)
         height, width = self.image_size
         out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
         return out
 
-    def _forward_gather(self, images, importance_maps) -> dict:
-        """CPU (numba) or plain torch forward."""
+    def _forward_gather(self, images, importance_maps, check_finite: bool = False) -> dict:
+        """CPU (numba) or plain torch forward; ``check_finite``: the entropy kernel checks the values."""
         if importance_maps is None:
-            importance_maps = self._importance_maps(images)
+            importance_maps = self._importance_maps(images, check_finite)
+        if _numba_gather(images) and all(importance_maps[size].dtype == torch.float32 for size in self.patch_sizes):
+            return self._forward_numba(images, importance_maps)
         masks, counts, counts_host = self._select(importance_maps)
         seqlens = (counts_host.sum(1) + 1).tolist()
         out = _patch_groups_gather(images, masks, self.base_patch_size)
@@ -352,6 +359,32 @@ class PatchTokenizer(nn.Module):
         seq_tensor = torch.tensor([0] + seqlens, dtype=torch.int64, device=images.device)
         out["cu_seqlens"] = seq_tensor.cumsum(0).to(torch.int32)
         out["token_boxes"] = self._packed_boxes(out, images.shape[0], images.device)
+        return out
+
+    def _forward_numba(self, images, importance_maps) -> dict:
+        """CPU float32: one selection pass, then one kernel per scale writes patches, boxes, packed boxes, labels."""
+        from ._grouping_cpu import group_patches, select_masks
+
+        masks, keep, counts = select_masks(importance_maps, self.patch_sizes, self.thresholds)
+        batch = images.shape[0]
+        seqlens = counts.sum(1) + 1
+        cu_seqlens = np.concatenate(([0], np.cumsum(seqlens)))
+        # Packed position of slot 0 of (scale, image): the image's first patch token of that scale minus the
+        # patches of that scale in the images before.
+        starts = (cu_seqlens[:-1, None] + 1 + np.cumsum(counts, 1) - counts) - (np.cumsum(counts, 0) - counts)
+        token_boxes = torch.empty(int(cu_seqlens[-1]), 4, dtype=torch.int64)
+        output_mask = torch.empty(int(cu_seqlens[-1]), dtype=torch.int64)
+        class_rows = torch.from_numpy(cu_seqlens[:-1])
+        token_boxes[class_rows] = torch.tensor([0, -1, -1, 0])
+        token_boxes[class_rows, 0] = torch.arange(batch)
+        output_mask[class_rows] = CLASS_TOKEN
+        out = group_patches(images, keep, self.patch_sizes, self.base_patch_size,
+                            packed=(np.ascontiguousarray(starts.T), token_boxes, output_mask))
+        out["masks"] = masks
+        out["output_mask"] = output_mask
+        out["seqlens"] = seqlens.tolist()
+        out["cu_seqlens"] = torch.from_numpy(cu_seqlens.astype(np.int32))
+        out["token_boxes"] = token_boxes
         return out
 
     def _thresholds_on(self, device) -> torch.Tensor:
