@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .layout import write_records
+from .layout import write_json, write_records
 from .maps import maps_for
 from .parameters import PARAMETERS, ParameterError, closest, validate_params
 from .records import image_columns, threshold_records
@@ -87,11 +88,11 @@ def notebook_parameters(namespace: dict) -> dict:
     shell = get_ipython()
     hidden = set(shell.user_ns_hidden) if shell is not None else set()
     plain = (str, int, float, bool, list, dict, type(None))
+    known = [*PARAMETERS, *NOTEBOOK_NAMES]
     for name, value in namespace.items():
-        if (not name.startswith("_") and name not in hidden and isinstance(value, plain)
-                and name not in PARAMETERS and name not in NOTEBOOK_NAMES):
-            raise ParameterError(f"run notebook: unknown parameter {name!r}{closest(name, [*PARAMETERS, *NOTEBOOK_NAMES])}"
-                                 f" (known: {', '.join([*PARAMETERS, *NOTEBOOK_NAMES])})")
+        if not name.startswith("_") and name not in hidden and isinstance(value, plain) and name not in known:
+            raise ParameterError(f"run notebook: unknown parameter {name!r}{closest(name, known)} "
+                                 f"(known: {', '.join(known)})")
     params = {}
     for key, default in PARAMETERS.items():
         if key in namespace:
@@ -103,9 +104,20 @@ def notebook_parameters(namespace: dict) -> dict:
 
 
 def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
-    """The run notebook's one call: check the parameters among its variables and run the configuration."""
+    """The run notebook's one call: check the parameters among its variables and run the configuration.
+
+    The warnings the run issues are shown in the notebook and kept in ``warnings.json`` beside the records,
+    so that a sweep can show each of them once on its console.
+    """
     output_dir = Path(namespace["output_dir"])
     params = notebook_parameters(namespace)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return run_configuration(params, output_dir, namespace.get("cache_dir"), namespace.get("sweep", ""),
-                             namespace.get("run_id", ""))
+    with warnings.catch_warnings(record=True) as caught:
+        table = run_configuration(params, output_dir, namespace.get("cache_dir"), namespace.get("sweep", ""),
+                                  namespace.get("run_id", ""))
+    if caught:
+        write_json(output_dir / "warnings.json", list(dict.fromkeys(f"{w.category.__name__}: {w.message}"
+                                                                   for w in caught)))
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return table
