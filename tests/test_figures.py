@@ -107,6 +107,11 @@ def test_seaborn_boxplot_deprecation_is_silenced_and_real_warnings_still_show():
         warnings.warn("a real one", matplotlib.MatplotlibDeprecationWarning)
     messages = [str(w.message) for w in caught]
     assert not any("vert" in m for m in messages) and "a real one" in messages
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.paper_style()
+        plt.subplots()[1].boxplot([1.0, 2.0, 3.0], vert=True)  # the user's own call still warns
+    assert any("vert" in str(w.message) for w in caught)
     plt.close("all")
 
 
