@@ -85,6 +85,7 @@ def dataset_palette(names) -> dict[str, tuple[float, float, float]]:
     dict
         ``{name: RGB}``, usable as seaborn's ``palette=``.
     """
+    names = list(names)
     palette = {name: BUILTIN_DATASET_COLOURS[name] for name in names if name in BUILTIN_DATASET_COLOURS}
     free = [i for i, colour in enumerate(DATASET_COLOURS) if colour not in palette.values()]
     for name in sorted(set(names) - set(palette)):

@@ -44,7 +44,7 @@ def test_dataset_colours_are_fixed_across_figures_and_sweeps():
     many = figures.dataset_palette(["synthetic", "/data/birds", "skimage", "/data/cars", "/data/x"])
     assert one["skimage"] == many["skimage"] == figures.BUILTIN_DATASET_COLOURS["skimage"]
     assert many["synthetic"] == figures.BUILTIN_DATASET_COLOURS["synthetic"]
-    assert figures.dataset_palette(["/data/birds", "skimage"])["/data/birds"] == many["/data/birds"]
+    assert figures.dataset_palette(iter(["/data/birds", "skimage"]))["/data/birds"] == many["/data/birds"]
     assert len(set(many.values())) == len(many)
     eleven = figures.dataset_palette([f"set{i}" for i in range(11)])
     assert len(eleven) == 11 and len(set(eleven.values())) == 10
