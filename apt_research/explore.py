@@ -321,7 +321,7 @@ def explore_widget(explorer: Explorer | None = None):
         for scale, value in enumerate(explorer.config.thresholds, start=1):
             slider = widgets.FloatSlider(value=min(max(value, low), high), min=low, max=high, step=step,
                                          description=f"threshold {scale}", style=style, continuous_update=False,
-                                         readout_format=".2f")
+                                         readout_format=".4g")
             slider.observe(on_threshold, names="value")
             sliders.append(slider)
         explorer.update(thresholds=[slider.value for slider in sliders])

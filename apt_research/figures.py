@@ -38,15 +38,17 @@ HEATMAP_CMAP = "Reds"
 def paper_style() -> None:
     """Seaborn 'paper' theme, white grid, 8-pt fonts, tight PDF fonts (Type 42).
 
-    Also hides the one deprecation seaborn 0.13 triggers in matplotlib >= 3.10 on every box plot
+    Also hides the one deprecation seaborn 0.13 triggers in matplotlib >= 3.11 on every box plot
     (it passes ``vert=`` to ``Axes.boxplot``); any other warning still reaches the user.
     """
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9,
                   rc={"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "figure.dpi": 100,
                       "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
                       "ytick.labelsize": 7})
-    # seaborn's own call, not the user's: matplotlib attributes the warning to the seaborn module.
-    warnings.filterwarnings("ignore", message=r"(?s).*vert: bool", module=r"seaborn\.")
+    # seaborn's own call, not the user's: matplotlib attributes the warning to seaborn's module, so a
+    # user's own ``vert=`` still warns.
+    warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=matplotlib.MatplotlibDeprecationWarning,
+                            module=r"seaborn\.")
 
 
 def figure_size(columns: int = 1, aspect: float = 0.72) -> tuple[float, float]:
@@ -83,6 +85,7 @@ def dataset_palette(names) -> dict[str, tuple[float, float, float]]:
     dict
         ``{name: RGB}``, usable as seaborn's ``palette=``.
     """
+    names = list(names)
     palette = {name: BUILTIN_DATASET_COLOURS[name] for name in names if name in BUILTIN_DATASET_COLOURS}
     free = [i for i, colour in enumerate(DATASET_COLOURS) if colour not in palette.values()]
     for name in sorted(set(names) - set(palette)):

@@ -44,7 +44,7 @@ def test_dataset_colours_are_fixed_across_figures_and_sweeps():
     many = figures.dataset_palette(["synthetic", "/data/birds", "skimage", "/data/cars", "/data/x"])
     assert one["skimage"] == many["skimage"] == figures.BUILTIN_DATASET_COLOURS["skimage"]
     assert many["synthetic"] == figures.BUILTIN_DATASET_COLOURS["synthetic"]
-    assert figures.dataset_palette(["/data/birds", "skimage"])["/data/birds"] == many["/data/birds"]
+    assert figures.dataset_palette(iter(["/data/birds", "skimage"]))["/data/birds"] == many["/data/birds"]
     assert len(set(many.values())) == len(many)
     eleven = figures.dataset_palette([f"set{i}" for i in range(11)])
     assert len(eleven) == 11 and len(set(eleven.values())) == 10
@@ -107,6 +107,11 @@ def test_seaborn_boxplot_deprecation_is_silenced_and_real_warnings_still_show():
         warnings.warn("a real one", matplotlib.MatplotlibDeprecationWarning)
     messages = [str(w.message) for w in caught]
     assert not any("vert" in m for m in messages) and "a real one" in messages
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.paper_style()
+        plt.subplots()[1].boxplot([1.0, 2.0, 3.0], vert=True)  # the user's own call still warns
+    assert any("vert" in str(w.message) for w in caught)
     plt.close("all")
 
 
