@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._grouping_cpu import serial_twin
+
 _R = np.float32(0.2989)
 _G = np.float32(0.5870)
 _B = np.float32(0.1140)
@@ -167,3 +169,6 @@ def histograms_kernel(images, bins, size, rows, cols, out):
                     else:
                         out[b, i, j, 0] += 1
     return out
+
+
+entropy_maps_kernel_serial = serial_twin(entropy_maps_kernel, "entropy_maps_kernel_serial")

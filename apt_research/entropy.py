@@ -118,7 +118,7 @@ def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
-    from ._entropy_cpu import entropy_maps_kernel
+    from ._entropy_cpu import entropy_maps_kernel, entropy_maps_kernel_serial
 
     if images.dtype not in (torch.uint8, torch.float32):
         images = images.float()
@@ -137,7 +137,9 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     else:
         shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
     bad_bands = np.empty(batch * int(rows[-1]), dtype=np.bool_)
-    entropy_maps_kernel(
+    # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
+    kernel = entropy_maps_kernel if torch.get_num_threads() > 1 else entropy_maps_kernel_serial
+    kernel(
         pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
         shift, scale, denormalize is not None, out, bad_bands,
     )
