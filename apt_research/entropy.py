@@ -117,6 +117,20 @@ def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=64)
+def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scales: int):
+    """Patch sizes, grid rows and columns, cells and offsets of each scale in the kernel's flat output."""
+    sizes = scale_sizes(patch_size, num_scales)
+    grids = [grid_shape(height, width, size) for size in sizes]
+    rows = np.asarray([g[0] for g in grids], dtype=np.int64)
+    cols = np.asarray([g[1] for g in grids], dtype=np.int64)
+    counts = batch * rows * cols
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    for array in (rows, cols, counts, offsets):
+        array.flags.writeable = False  # shared between calls
+    return sizes, rows, cols, counts, offsets
+
+
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
     from ._entropy_cpu import entropy_maps_kernel, entropy_maps_kernel_serial
 
@@ -124,12 +138,7 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
         images = images.float()
     pixels = images.contiguous().numpy()
     batch, _, height, width = pixels.shape
-    sizes = scale_sizes(patch_size, num_scales)
-    grids = [grid_shape(height, width, size) for size in sizes]
-    rows = np.asarray([g[0] for g in grids], dtype=np.int64)
-    cols = np.asarray([g[1] for g in grids], dtype=np.int64)
-    counts = batch * rows * cols
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    sizes, rows, cols, counts, offsets = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
     out = np.empty(int(counts.sum()), dtype=np.float32)
     if denormalize is None:
