@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._grouping_cpu import serial_twin
 from .contract import GRAY_WEIGHTS, MAX_PIXEL
 
 # float32 globals: numba freezes them into the compiled kernels, in float32 arithmetic. Its on-disk cache is
@@ -170,3 +171,6 @@ def histograms_kernel(images, bins, size, rows, cols, out):
                     else:
                         out[b, i, j, 0] += 1
     return out
+
+
+entropy_maps_kernel_serial = serial_twin(entropy_maps_kernel, "entropy_maps_kernel_serial")

@@ -16,11 +16,27 @@ Pixels outside the image read as 0 (the zero padding).
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import torch
 from numba import njit, prange
 
 _QUARTER = np.float32(0.25)
+
+
+def serial_twin(kernel, name: str):
+    """``kernel`` (a ``parallel=True`` numba function) compiled again without ``parallel``, named ``name``.
+
+    Its ``prange`` then runs as ``range`` on the calling thread, without OpenMP: for one-thread
+    processes such as data-loader workers, which may be forked after the parallel kernel ran (GNU
+    OpenMP does not survive a fork). The new name gives it its own on-disk cache entry.
+    """
+    source = kernel.py_func
+    twin = types.FunctionType(source.__code__, source.__globals__, name, source.__defaults__, source.__closure__)
+    twin.__qualname__ = name
+    twin.__doc__ = f"``{source.__name__}`` on the calling thread (see ``serial_twin``)."
+    return njit(cache=True)(twin)
 
 
 @njit(cache=True)
@@ -148,6 +164,9 @@ def group_kernel(images, keep, row_start, size, base, resized, full, boxes, pack
             n += 1
 
 
+group_kernel_serial = serial_twin(group_kernel, "group_kernel_serial")
+
+
 def select_masks(maps: dict, sizes: list[int], thresholds: list[float]):
     """Masks of float32 CPU ``maps`` (``select_patches_by_threshold``'s, compared in float32 as torch does).
 
@@ -181,6 +200,7 @@ def group_patches(images: torch.Tensor, keep: list[np.ndarray], sizes: list[int]
     """
     pixels = images.contiguous().numpy()
     channels = images.shape[1]
+    kernel = group_kernel if torch.get_num_threads() > 1 else group_kernel_serial
     empty_starts, empty_boxes, empty_labels = np.empty(0, np.int64), np.empty((0, 4), np.int64), np.empty(0, np.int64)
     groups = {}
     for scale, size in enumerate(sizes):
@@ -196,7 +216,7 @@ def group_patches(images: torch.Tensor, keep: list[np.ndarray], sizes: list[int]
             starts, packed_boxes, labels = empty_starts, empty_boxes, empty_labels
         else:
             starts, packed_boxes, labels = packed[0][scale], packed[1].numpy(), packed[2].numpy()
-        group_kernel(pixels, mask, row_start, size, base, resized.numpy(), full.numpy(), boxes.numpy(),
+        kernel(pixels, mask, row_start, size, base, resized.numpy(), full.numpy(), boxes.numpy(),
                      starts, packed_boxes, labels, scale + 1)
         groups[f"resized_patches_{size}"] = resized
         if scale:

@@ -141,19 +141,28 @@ def _caused_by(error: BaseException, kind: type) -> bool:
     return False
 
 
-def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
-    from ._entropy_cpu import entropy_maps_kernel
-
-    if images.dtype not in (torch.uint8, torch.float32):
-        images = images.float()
-    pixels = images.contiguous().numpy()
-    batch, _, height, width = pixels.shape
+@functools.lru_cache(maxsize=64)
+def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scales: int):
+    """Patch sizes, grid rows and columns, cells and offsets of each scale in the kernel's flat output."""
     sizes = scale_sizes(patch_size, num_scales)
     grids = [grid_shape(height, width, size) for size in sizes]
     rows = np.asarray([g[0] for g in grids], dtype=np.int64)
     cols = np.asarray([g[1] for g in grids], dtype=np.int64)
     counts = batch * rows * cols
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    for array in (rows, cols, counts, offsets):
+        array.flags.writeable = False  # shared between calls
+    return sizes, rows, cols, counts, offsets
+
+
+def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
+    from ._entropy_cpu import entropy_maps_kernel, entropy_maps_kernel_serial
+
+    if images.dtype not in (torch.uint8, torch.float32):
+        images = images.float()
+    pixels = images.contiguous().numpy()
+    batch, _, height, width = pixels.shape
+    sizes, rows, cols, counts, offsets = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
     # NaN never leaves the kernel (pad values are not NaN): cells still NaN afterwards mean a task of the
     # parallel loop failed to allocate its scratch, which numba does not raise from a parallel region.
@@ -163,8 +172,10 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     else:
         shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
     bad_bands = np.zeros(batch * int(rows[-1]), dtype=np.bool_)
+    # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
+    kernel = entropy_maps_kernel if torch.get_num_threads() > 1 else entropy_maps_kernel_serial
     try:
-        entropy_maps_kernel(
+        kernel(
             pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
             shift, scale, denormalize is not None, out, bad_bands,
         )

@@ -1,7 +1,8 @@
 """Benchmark suite: our tokenizer against the baselines it carries, measured in one process.
 
     python3 run.py bench                       # everything this machine can run
-    python3 run.py bench --sections entropy    # one section (entropy, tokenizer, scaling, cache, vit, launch, cuda)
+    python3 run.py bench --sections entropy    # one section (entropy, scaling, tokenizer, one_image, loader, cache,
+                                               # vit, launch, cuda)
     python3 run.py bench --out benchmarks/RESULTS-cpu.md
 
 Prints markdown tables and writes them (and the raw figures as JSON) where
@@ -112,28 +113,206 @@ def entropy_section(results: dict, rows=ENTROPY_ROWS) -> str:
     return "\n".join(lines)
 
 
-def tokenizer_section(results: dict, size=224, batch=64) -> str:
-    pixels = real_batch(size, batch)
-    images = (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    tokenizer = PatchTokenizer(3, 16, size, [5.75, 4.0], MEAN, STD)
-    ours_s, ours = timed(tokenizer, images)
-    subset = images[:8]
-    ref_s, ref = timed(baselines.reference_tokenizer, tokenizer, subset, repeats=1)
-    maps = tokenizer.compute_importance_maps(images)
-    masks_s, _ = timed(tokenizer.construct_masks, maps)
-    groups_s, _ = timed(tokenizer.construct_patch_groups, images, tokenizer.construct_masks(maps)[0])
-    same = ours["cu_seqlens"][: subset.shape[0] + 1].tolist() == ref["cu_seqlens"].tolist()
-    ours_ms, ref_ms = 1000 * ours_s / batch, 1000 * ref_s / subset.shape[0]
-    results["tokenizer"] = dict(size=size, batch=batch, ours_ms=ours_ms, reference_ms=ref_ms,
-                                masks_ms=1000 * masks_s / batch, groups_ms=1000 * groups_s / batch, same=same)
+TOKENIZER_ROWS = [(14, 224, (6.0, 5.0)), (16, 256, (5.75, 4.0))]
+
+
+def normalised(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 255] normalised as a ViT takes them (ImageNet mean and std)."""
+    return (pixels / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def copy_floor(groups: dict, images: torch.Tensor):
+    """A call that copies as many bytes as the grouping writes (its patch tensors) into fresh tensors.
+
+    The memory floor of grouping: one contiguous copy of the kept pixels, no gathering, no resizing.
+    """
+    shapes = [value.shape for key, value in groups.items() if "patches" in key]
+    source = images.reshape(-1)
+    return lambda: [torch.empty(shape).copy_(source[: shape.numel()].view(shape)) for shape in shapes]
+
+
+def same_result(ours: dict, theirs: dict) -> bool:
+    """Same packed sequences (lengths, labels) and the same patches (within float32 resizing) as the reference."""
+    if ours["cu_seqlens"].tolist() != theirs["cu_seqlens"].tolist():
+        return False
+    if not torch.equal(ours["output_mask"], theirs["output_mask"].long()):
+        return False
+    return all(torch.allclose(ours[key], value, atol=1e-5, rtol=0) for key, value in theirs.items()
+               if key.startswith(("resized_patches", "full_patches")))
+
+
+def tokenizer_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=10) -> str:
+    """Whole forward against the reference pipeline: its loader's per-image maps, then its forward.
+
+    The reference's loader computes each image's maps from the pixels it decoded; here those pixels
+    are ``tokenizer.to_pixels(images)`` (made before timing), so both sides score the same values.
+    """
+    lines = [
+        f"| base patch, resolution, thresholds (batch {batch}, 3 scales, 512 bins) | ours: whole forward ms/img "
+        "| ours: maps | ours: selection + packing | ours: grouping | grouping floor (copy of the kept pixels) "
+        "| grouping / floor | reference: loader maps ms/img | reference: forward ms/img | reference total ms/img "
+        "| **ratio** | same result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    records = []
+    for base, size, thresholds in rows:
+        images = normalised(real_batch(size, batch))
+        tokenizer = PatchTokenizer(3, base, size, list(thresholds), MEAN, STD)
+        loader_pixels = tokenizer.to_pixels(images)
+        ours_s, ours = timed(tokenizer, images, repeats=repeats)
+        maps_s, maps = timed(tokenizer.compute_importance_maps, images, repeats=repeats)
+        masks_s, (masks, _, _) = timed(tokenizer.construct_masks, maps, repeats=repeats)
+        groups_s, groups = timed(tokenizer.construct_patch_groups, images, masks, repeats=repeats)
+        floor_s, _ = timed(copy_floor(groups, images), repeats=repeats)
+        ref_maps_s, ref_maps = timed(baselines.reference_loader_maps, loader_pixels, base, 3, repeats=2)
+        ref_fwd_s, ref = timed(baselines.reference_forward, images, ref_maps, list(thresholds), base, 3, size,
+                               repeats=2)
+        same = same_result(ours, ref)
+        record = dict(base=base, size=size, thresholds=list(thresholds), batch=batch, ours_ms=1000 * ours_s / batch,
+                      maps_ms=1000 * maps_s / batch, masks_ms=1000 * masks_s / batch,
+                      groups_ms=1000 * groups_s / batch, floor_ms=1000 * floor_s / batch,
+                      reference_maps_ms=1000 * ref_maps_s / batch, reference_forward_ms=1000 * ref_fwd_s / batch,
+                      same=same)
+        record["reference_ms"] = record["reference_maps_ms"] + record["reference_forward_ms"]
+        record["ratio"] = record["reference_ms"] / record["ours_ms"]
+        record["groups_over_floor"] = groups_s / floor_s
+        records.append(record)
+        lines.append(
+            f"| {base}, {size}, {list(thresholds)} | {record['ours_ms']:.3f} | {record['maps_ms']:.3f} "
+            f"| {record['masks_ms']:.3f} | {record['groups_ms']:.3f} | {record['floor_ms']:.3f} "
+            f"| {record['groups_over_floor']:.2f} | {record['reference_maps_ms']:.2f} "
+            f"| {record['reference_forward_ms']:.2f} | {record['reference_ms']:.2f} | **{record['ratio']:.1f}x** "
+            f"| {'yes' if same else 'NO'} |"
+        )
+        print(lines[-1], flush=True)
+    results["tokenizer"] = records
+    return "\n".join(lines)
+
+
+def jpeg_bytes(size: int = 512) -> bytes:
+    """A bundled image resized to ``size x size`` and encoded as JPEG (quality 90)."""
+    import io
+
+    from PIL import Image
+
+    pixels = real_batch(size, 1)[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def decode_and_resize(data: bytes, size: int) -> torch.Tensor:
+    """JPEG bytes to a ``(3, size, size)`` uint8 tensor: PIL decode, bilinear resize."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+
+
+def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=200) -> str:
+    """One image per call, as a data-loader transform calls it, against the per-image cost in a batch."""
+    lines = [
+        f"| base patch, resolution | maps: batch {batch} ms/img | maps: one image ms | one / batch (target <= 1.5) "
+        f"| forward: batch {batch} ms/img | forward: one image ms | one / batch (target <= 2) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    records = []
+    for base, size, thresholds in rows:
+        images = normalised(real_batch(size, batch))
+        tokenizer = PatchTokenizer(3, base, size, list(thresholds), MEAN, STD)
+        one = images[:1].clone()
+        maps_batch, _ = timed(tokenizer.compute_importance_maps, images, repeats=10)
+        maps_one, _ = timed(tokenizer.compute_importance_maps, one, repeats=repeats)
+        fwd_batch, _ = timed(tokenizer, images, repeats=10)
+        fwd_one, _ = timed(tokenizer, one, repeats=repeats)
+        record = dict(base=base, size=size, maps_batch_ms=1000 * maps_batch / batch, maps_one_ms=1000 * maps_one,
+                      forward_batch_ms=1000 * fwd_batch / batch, forward_one_ms=1000 * fwd_one)
+        record["maps_ratio"] = record["maps_one_ms"] / record["maps_batch_ms"]
+        record["forward_ratio"] = record["forward_one_ms"] / record["forward_batch_ms"]
+        records.append(record)
+        lines.append(f"| {base}, {size} | {record['maps_batch_ms']:.3f} | {record['maps_one_ms']:.3f} "
+                     f"| **{record['maps_ratio']:.2f}** | {record['forward_batch_ms']:.3f} "
+                     f"| {record['forward_one_ms']:.3f} | **{record['forward_ratio']:.2f}** |")
+        print(lines[-1], flush=True)
+    data = jpeg_bytes(512)
+    decode_s, decoded = timed(decode_and_resize, data, 224, repeats=repeats)
+    tokenizer = PatchTokenizer(3, 14, 224, [6.0, 5.0], MEAN, STD)
+    normalised_s, _ = timed(tokenizer.compute_importance_maps, normalised(decoded[None].float()), repeats=repeats)
+    uint8_s, _ = timed(compute_patch_entropy_batched, decoded[None], 14, 3, 512, repeats=repeats)
+    results["one_image"] = dict(rows=records, decode_resize_ms=1000 * decode_s, maps_normalised_ms=1000 * normalised_s,
+                                maps_uint8_ms=1000 * uint8_s, jpeg_bytes=len(data))
+    lines += [
+        "",
+        "| one 224x224 image, base patch 14, 3 scales | ms | / PIL decode + resize (target <= 0.1) |",
+        "|---|---|---|",
+        f"| PIL: decode a 512x512 JPEG ({len(data) // 1024} KiB) + bilinear resize to 224 | {1000 * decode_s:.3f} | 1 |",
+        f"| maps, `tokenizer.compute_importance_maps` (normalised float32) | {1000 * normalised_s:.3f} "
+        f"| **{normalised_s / decode_s:.3f}** |",
+        f"| maps, `compute_patch_entropy_batched` (the decoded uint8 pixels) | {1000 * uint8_s:.3f} "
+        f"| **{uint8_s / decode_s:.3f}** |",
+    ]
+    return "\n".join(lines)
+
+
+class JpegFiles(torch.utils.data.Dataset):
+    """JPEG files decoded and resized to ``size x size`` uint8 pixels; with ``maps``, also their entropy maps."""
+
+    def __init__(self, paths: list, size: int, base: int, maps: bool):
+        self.paths, self.size, self.base, self.maps = paths, size, base, maps
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        pixels = decode_and_resize(Path(self.paths[index]).read_bytes(), self.size)
+        if not self.maps:
+            return pixels
+        maps = compute_patch_entropy_batched(pixels[None], self.base, 3, 512)
+        return pixels, {size: value[0] for size, value in maps.items()}
+
+
+def loader_section(results: dict, count=512, size=224, base=14, batch_size=32, workers=2, epochs=3) -> str:
+    """A ``DataLoader`` (``workers`` processes) over JPEG files in a temporary folder: images/s without and
+    with the entropy maps computed per image in the workers. Best of ``epochs`` after one warm-up epoch."""
+    import tempfile
+    import time
+
+    from PIL import Image
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as folder:
+        images = [pixels for pixels, _ in iter_images(skimage_dataset(), "center_crop", 512, progress=False)]
+        paths = []
+        for index in range(count):
+            path = Path(folder) / f"{index:05d}.jpg"
+            array = images[index % len(images)].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            Image.fromarray(array).save(path, format="JPEG", quality=90)
+            paths.append(str(path))
+        for maps in (False, True):
+            loader = torch.utils.data.DataLoader(JpegFiles(paths, size, base, maps), batch_size=batch_size,
+                                                 num_workers=workers, persistent_workers=True)
+            best = float("inf")
+            for epoch in range(epochs + 1):
+                start = time.perf_counter()
+                for _ in loader:
+                    pass
+                if epoch:
+                    best = min(best, time.perf_counter() - start)
+            rates[maps] = count / best
+            del loader
+    results["loader"] = dict(count=count, size=size, base=base, batch_size=batch_size, workers=workers,
+                             plain_img_s=rates[False], maps_img_s=rates[True], ratio=rates[True] / rates[False])
     return "\n".join([
-        "| step (224x224, batch 64, 3 scales, 512 bins, thresholds [5.75, 4.0]) | ms/img |",
+        f"| `DataLoader`, {workers} workers, {count} JPEG files (512x512), resized to {size}, batch {batch_size} "
+        "| images/s |",
         "|---|---|",
-        f"| ours: whole `PatchTokenizer.forward` | {ours_ms:.3f} |",
-        f"| ours: selection + packing (`construct_masks`) | {1000 * masks_s / batch:.3f} |",
-        f"| ours: grouping (`construct_patch_groups`) | {1000 * groups_s / batch:.3f} |",
-        f"| reference pipeline: (a) maps, selection, rearrange + boolean-mask grouping | {ref_ms:.2f} |",
-        f"| **ratio** | **{ref_ms / ours_ms:.1f}x** (same sequences: {'yes' if same else 'NO'}) |",
+        f"| decode + resize | {rates[False]:,.0f} |",
+        f"| decode + resize + entropy maps (base {base}, 3 scales, 512 bins) per image in the workers "
+        f"| {rates[True]:,.0f} ({rates[True] / rates[False]:.2f} of the plain loader) |",
     ])
 
 
@@ -361,7 +540,7 @@ def plot_speed(records: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-SECTIONS = ("entropy", "scaling", "tokenizer", "cache", "vit", "launch", "cuda")
+SECTIONS = ("entropy", "scaling", "tokenizer", "one_image", "loader", "cache", "vit", "launch", "cuda")
 
 
 def main(argv=None) -> int:
@@ -381,7 +560,8 @@ def main(argv=None) -> int:
         return 0
     results: dict = {"machine": machine()}
     parts = [f"Machine: {results['machine']}", ""]
-    titles = {"entropy": "Entropy maps", "scaling": "Scaling", "tokenizer": "Whole tokenizer", "cache": "Threshold points with cached maps",
+    titles = {"entropy": "Entropy maps", "scaling": "Scaling", "tokenizer": "Whole tokenizer",
+              "one_image": "One image at a time", "loader": "Data loader", "cache": "Threshold points with cached maps",
               "vit": "ViT speed, uniform vs APT-packed (CPU)", "launch": "Host side of the CUDA forward",
               "cuda": "CUDA"}
     for section in args.sections:

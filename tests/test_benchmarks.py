@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 # benchmarks/run.py under its own name (the repository root has a run.py too).
 _spec = importlib.util.spec_from_file_location(
@@ -25,11 +26,41 @@ def test_entropy_rows_agree_with_both_baselines():
     assert table.count("| yes") == 2
 
 
-def test_tokenizer_row_compares_the_same_sequences():
+def test_tokenizer_rows_compare_the_same_sequences_and_patches():
     results = {}
-    table = bench.tokenizer_section(results, size=64, batch=8)
-    assert results["tokenizer"]["same"] is True
-    assert "same sequences: yes" in table
+    table = bench.tokenizer_section(results, rows=[(8, 64, (6.0, 5.0)), (16, 64, (5.75, 4.0))], batch=4, repeats=1)
+    assert [r["same"] for r in results["tokenizer"]] == [True, True]
+    assert table.count("| yes |") == 2
+
+
+def test_reference_pipeline_is_the_reference_code_path():
+    # Its maps equal the spec's per-patch histc loop; its masks, labels and patches equal the library's.
+    import baselines
+    import reference
+
+    from apt_research import PatchTokenizer
+
+    images = bench.normalised(bench.real_batch(56, 3))
+    tokenizer = PatchTokenizer(3, 7, 56, [6.0, 5.0], bench.MEAN, bench.STD)
+    pixels = tokenizer.to_pixels(images)
+    maps = baselines.reference_loader_maps(pixels, 7, 3)
+    expected_maps = reference.entropy_maps(pixels, 7, 3, 512)
+    assert all(float((maps[size] - expected_maps[size]).abs().max()) <= 1e-5 for size in maps)
+    ours = tokenizer(images, maps)
+    theirs = baselines.reference_forward(images, maps, [6.0, 5.0], 7, 3, 56)
+    assert all(torch.equal(ours["masks"][size], theirs_mask) for size, theirs_mask in
+               baselines.reference_select(maps, [6.0, 5.0]).items())
+    assert theirs["seqlens"] == ours["seqlens"] and bench.same_result(ours, theirs)
+    assert theirs["output_mask"].dtype == torch.float32  # the reference's labels are float, ours int64
+
+
+def test_one_image_and_loader_sections_run():
+    results = {}
+    bench.one_image_section(results, rows=[(8, 64, (6.0, 5.0))], batch=4, repeats=2)
+    assert results["one_image"]["maps_uint8_ms"] > 0 and results["one_image"]["rows"][0]["forward_ratio"] > 0
+    table = bench.loader_section(results, count=4, batch_size=2, epochs=1)
+    assert results["loader"]["plain_img_s"] > 0 and results["loader"]["maps_img_s"] > 0
+    assert "entropy maps" in table
 
 
 def test_launch_section_counts_the_fused_forward_kernels():

@@ -109,3 +109,29 @@ def test_non_finite_pixels_are_reported_by_the_entropy_kernel(value, word, call)
     assert word in str(info.value)
     if call != "forward with maps":
         assert "image 1 of the batch" in str(info.value)
+
+
+class _MapsOfImages(torch.utils.data.Dataset):
+    def __init__(self, pixels, tokenizer):
+        self.pixels, self.tokenizer = pixels, tokenizer
+
+    def __len__(self):
+        return self.pixels.shape[0]
+
+    def __getitem__(self, index):
+        image = normalise(self.pixels[index : index + 1])
+        return self.tokenizer.compute_importance_maps(image)[16][0], self.tokenizer(image)["seqlens"][0]
+
+
+def test_data_loader_workers_forked_after_the_parallel_kernels_ran():
+    # Workers run with one torch thread and take the serial kernels: GNU OpenMP would kill a forked worker.
+    pixels = skimage_batch(64, 64)
+    tokenizer = PatchTokenizer(3, 16, 64, [5.75, 4.0], MEAN, STD)
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs the parallel kernels in the parent (2+ torch threads)")
+    expected = tokenizer(normalise(pixels))
+    loader = torch.utils.data.DataLoader(_MapsOfImages(pixels, tokenizer), batch_size=2, num_workers=2,
+                                         multiprocessing_context="fork")
+    maps, seqlens = zip(*loader)
+    assert torch.equal(torch.cat(maps), tokenizer.compute_importance_maps(normalise(pixels))[16])
+    assert torch.cat(seqlens).tolist() == expected["seqlens"]
