@@ -140,7 +140,7 @@ def check_images(images, name: str = "images", *, pixel_range: bool = True, valu
             raise ValueError(f"{name} must hold pixel values in [0, 255], got values in [{low:g}, {high:g}]")
         if high <= 1.0 and high > low:
             warnings.warn(
-                f"{name} look scaled to [0, 1] (max {high:g}); entropy maps expect pixels in [0, 255], "
+                f"{name} look scaled to [0, 1] (max {high:g}); scorers expect pixels in [0, 255], "
                 "multiply by 255 first",
                 UserWarning,
                 stacklevel=3,

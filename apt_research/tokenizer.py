@@ -38,8 +38,6 @@ def _pair(name: str, value) -> tuple[int, int]:
 def _unnormalisation(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's second normalisation ``(-mean / std, 1 / std)``, float32, checked finite."""
     mean_t, std_t = check_channel_stats("mean", mean), check_channel_stats("std", std, positive=True)
-    if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
-        raise ValueError(f"mean and std must have as many values, got {mean!r} and {std!r}")
     shift, scale = -mean_t / std_t, 1.0 / std_t
     if not bool(torch.isfinite(shift).all() and torch.isfinite(scale).all()):
         raise ValueError(f"std is too small for these means: 1 / std or mean / std overflows float32, got "
