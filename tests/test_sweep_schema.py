@@ -98,6 +98,11 @@ def test_a_typo_in_a_notebook_parameter_fails_naming_the_parameter(tmp_path):
     ({"limit": 0}, "key 'limit' expects int or null, got 0"),
     ({"bins": True}, "key 'bins' expects int, got True"),
     ({"num_scale": 3}, "unknown key 'fixed.num_scale' (did you mean 'num_scales'?)"),
+    ({"bins": 2**40}, "key 'bins'"),
+    ({"method": "laplacian", "method_options": {"aggregate": "median"}},
+     "is refused by scorer 'laplacian': aggregate must be one of"),
+    ({"method_options": {"backend": "bogus"}}, "is refused by scorer 'entropy'"),
+    ({"image_size": 32, "patch_size": 16, "num_scales": 9}, "num_scales=9 makes the coarsest patch"),
 ])
 def test_dry_run_catches_what_a_run_would_fail_on(tmp_path, capsys, fixed, message):
     spec = tmp_path / "bad.yaml"

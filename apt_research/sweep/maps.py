@@ -7,14 +7,7 @@ from pathlib import Path
 from ..datasets import iter_batches, iter_images, load_dataset
 from ..scorers import compute_importance_maps
 from .cache import cache_key, load_entry, save_entry, source_fingerprint
-
-
-def scorer_options(params: dict) -> dict:
-    """The scorer's keyword options of a configuration (``bins`` joins them for the entropy scorer)."""
-    options = dict(params["method_options"])
-    if params["method"] == "entropy":
-        options["bins"] = params["bins"]
-    return options
+from .parameters import run_scorer_options
 
 
 def _source(params: dict, shard: tuple[int, int] | None):
@@ -50,7 +43,7 @@ def compute_maps(params: dict, progress: bool = False, shard: tuple[int, int] | 
     pixels, maps, metas = [], [], []
     for batch, batch_metas in iter_batches(images, params["batch_size"]):
         batch_maps = compute_importance_maps(batch.to(params["device"]), params["method"], params["patch_size"],
-                                             params["num_scales"], **scorer_options(params))
+                                             params["num_scales"], **run_scorer_options(params))
         for i, meta in enumerate(batch_metas):
             pixels.append(batch[i])
             maps.append({size: scale_map[i].cpu() for size, scale_map in batch_maps.items()})

@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..calibration import STRATEGIES
 from ..datasets import DATASETS, RESIZE_POLICIES, load_dataset
-from ..scorers import SCORERS, scorer_options
+from .._validation import check_extent
+from ..contract import MAX_BINS
+from ..scorers import SCORERS, get_scorer, scorer_options
 from ..vit import VIT_CONFIGS
 
 Threshold = Annotated[float, Field(allow_inf_nan=False)]
@@ -45,7 +47,7 @@ class Parameters(BaseModel):
     image_size: int = _field(224, "side the images are resized to, in pixels", maps=True, ge=1)
     patch_size: int = _field(16, "base (smallest) patch size, in pixels", maps=True, ge=1)
     num_scales: int = _field(3, "number of patch sizes (base, 2x base, ...)", maps=True, ge=1)
-    bins: int = _field(512, "histogram bins of the entropy scorer", maps=True, ge=2)
+    bins: int = _field(512, "histogram bins of the entropy scorer", maps=True, ge=2, le=MAX_BINS)
     method: str = _field("entropy", "scorer of the importance maps (a registered scorer)", maps=True)
     method_options: dict[str, Any] = _field({}, "keyword options of the scorer", maps=True)
     thresholds: Union[list[Threshold], list[list[Threshold]]] = _field(
@@ -125,10 +127,20 @@ class Parameters(BaseModel):
         return self
 
     def _check_options(self) -> None:
-        unknown = sorted(set(self.method_options) - (set(scorer_options(self.method)) - {"bins"}))
+        """The scorer's own checks (names and values of its options, ``bins`` included) and the library's
+        extent rule, so that what a run would refuse is refused by the spec check."""
+        known = sorted(set(scorer_options(self.method)) - {"bins"})
+        unknown = sorted(set(self.method_options) - set(known))
         if unknown:
             raise ValueError(f"key 'method_options' has unknown option(s) {unknown} for method {self.method!r} "
-                             f"(known: {sorted(set(scorer_options(self.method)) - {'bins'})})")
+                             f"(known: {known})")
+        try:
+            get_scorer(self.method).resolve(run_scorer_options(self.model_dump()))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"key 'method_options' {self.method_options!r} (with bins={self.bins}) is refused by "
+                             f"scorer {self.method!r}: {error}") from None
+        if self.resize != "native":
+            check_extent(self.patch_size, self.num_scales, self.image_size, self.image_size)
 
     def _check_dataset_options(self, info: ValidationInfo) -> None:
         """The data set is built as a run builds it, so bad options fail here, not in the run."""
@@ -157,6 +169,14 @@ class Parameters(BaseModel):
                              f"{self.dataset!r}: {error}") from None
         if checked is not None:
             checked.add(key)
+
+
+def run_scorer_options(params: dict) -> dict:
+    """The scorer's keyword options of a configuration (``bins`` joins them for a scorer that takes it)."""
+    options = dict(params["method_options"])
+    if "bins" in scorer_options(params["method"]):
+        options["bins"] = params["bins"]
+    return options
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:
