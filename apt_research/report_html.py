@@ -6,8 +6,7 @@ sweep directory (the figures' PDFs) embedded as a download, the sweep's
 ``spec.yaml`` and a table of its runs and their parameters appended, and its
 styles inline. It references nothing outside itself.
 
-``example_patch_grids`` picks a few images of each data set of a sweep with
-their patch grids, for ``figures.plot_dataset_examples``. ``find_chromium`` and
+``find_chromium`` and
 ``screenshot`` render a page with headless Chromium (the tests and the README's
 screenshot use them).
 """
@@ -223,45 +222,6 @@ def write_html_report(sweep_dir, markdown: str) -> Path:
     path = Path(sweep_dir) / "report.html"
     write_atomic(path, render_html(sweep_dir, markdown))
     return path
-
-
-def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3) -> dict:
-    """A few images of each data set with their selection, for ``figures.plot_dataset_examples``.
-
-    For each data set, the first finished run's cached maps (``cache/``) and its first threshold
-    setting; data sets whose maps are not cached are left out.
-
-    Parameters
-    ----------
-    sweep_dir : path
-        The sweep directory.
-    records : pandas.DataFrame
-        The sweep's records (``dataset``, ``run_id``, ``thresholds`` columns).
-    per_data_set : int
-        Images shown per data set.
-
-    Returns
-    -------
-    dict
-        ``{dataset: [(image name, pixels (C, H, W), masks {patch_size: (h, w)}), ...]}``.
-    """
-    from .selection import select_patches_by_threshold
-    from .sweep.cache import cache_key, load_entry
-
-    examples = {}
-    for dataset, rows in records.groupby("dataset", sort=True):
-        first = rows.iloc[0]
-        params = json.loads((Path(sweep_dir) / "runs" / str(first["run_id"]) / "params.json").read_text())
-        entry = load_entry(Path(sweep_dir) / "cache" / f"{cache_key(params)}.npz")
-        if entry is None:
-            continue
-        thresholds = [float(value) for value in str(first["thresholds"]).split(",") if value]
-        items = []
-        for pixels, maps, meta in list(zip(*entry))[:per_data_set]:
-            masks = select_patches_by_threshold({size: scale_map[None] for size, scale_map in maps.items()}, thresholds)
-            items.append((meta["name"], pixels, {size: mask[0] for size, mask in masks.items()}))
-        examples[dataset] = items
-    return examples
 
 
 def find_chromium() -> str | None:

@@ -55,7 +55,7 @@ def maps_for(params: dict, cache_dir: Path | None, progress: bool = False, shard
     """Maps from the cache when present and sound, else computed (and stored): ``compute_maps``'s tuple and a
     cache hit flag. A folder's key includes its files' fingerprint, so a changed folder gets new maps."""
     source = _source(params, shard)
-    path = Path(cache_dir) / f"{cache_key(params, shard, source_fingerprint(source))}.npz" if cache_dir else None
+    path = _entry_path(params, cache_dir, shard, source) if cache_dir else None
     if path is not None:
         entry = load_entry(path)
         if entry is not None:
@@ -64,3 +64,13 @@ def maps_for(params: dict, cache_dir: Path | None, progress: bool = False, shard
     if path is not None and pixels:
         save_entry(path, pixels, maps, metas, skipped)
     return pixels, maps, metas, skipped, False
+
+
+def _entry_path(params: dict, cache_dir: Path, shard: tuple[int, int] | None, source) -> Path:
+    return Path(cache_dir) / f"{cache_key(params, shard, source_fingerprint(source))}.npz"
+
+
+def cached_maps(params: dict, cache_dir: Path, shard: tuple[int, int] | None = None):
+    """``(pixels, maps, metas, skipped)`` of a configuration's cache entry, or ``None`` when there is none
+    that can be used (nothing is computed)."""
+    return load_entry(_entry_path(params, cache_dir, shard, _source(params, shard)))

@@ -14,7 +14,9 @@ import seaborn as sns
 from .. import figures
 from .._io import atomic_path, write_atomic
 from ..report_html import write_html_report
+from ..selection import select_patches_by_threshold
 from .layout import read_skipped, run_state
+from .maps import cached_maps
 from .parameters import PARAMETERS
 
 SETTING_COLUMNS = ("target_retention", "thresholds")
@@ -132,6 +134,42 @@ def _threshold_axis(table: pd.DataFrame) -> pd.Series:
     return table["thresholds"].map(lambda t: max((float(v) for v in str(t).split(",") if v), default=np.nan))
 
 
+def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3) -> dict:
+    """A few images of each data set with their selection, for ``figures.plot_dataset_examples``.
+
+    For each data set, the first finished run's cached maps (``cache/``) and its first threshold
+    setting; data sets whose maps are not cached are left out.
+
+    Parameters
+    ----------
+    sweep_dir : path
+        The sweep directory.
+    records : pandas.DataFrame
+        The sweep's records (``dataset``, ``run_id``, ``thresholds`` columns).
+    per_data_set : int
+        Images shown per data set.
+
+    Returns
+    -------
+    dict
+        ``{dataset: [(image name, pixels (C, H, W), masks {patch_size: (h, w)}), ...]}``.
+    """
+    examples = {}
+    for dataset, rows in records.groupby("dataset", sort=True):
+        first = rows.iloc[0]
+        params = json.loads((Path(sweep_dir) / "runs" / str(first["run_id"]) / "params.json").read_text())
+        entry = cached_maps(params, Path(sweep_dir) / "cache")
+        if entry is None:
+            continue
+        thresholds = [float(value) for value in str(first["thresholds"]).split(",") if value]
+        items = []
+        for pixels, maps, meta in list(zip(*entry[:3]))[:per_data_set]:
+            masks = select_patches_by_threshold({size: scale_map[None] for size, scale_map in maps.items()}, thresholds)
+            items.append((meta["name"], pixels, {size: mask[0] for size, mask in masks.items()}))
+        examples[dataset] = items
+    return examples
+
+
 def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[str]:
     """The report's figures as PDF and PNG in ``out_dir``; returns their names."""
     figures.paper_style()
@@ -139,7 +177,7 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     records = records.assign(threshold=_threshold_axis(records), configuration=configuration_label(records))
     summary = summary.assign(configuration=configuration_label(summary))
     order = sorted(records["dataset"].unique())
-    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    palette = figures.dataset_palette(order)
     hue = {"hue": "dataset", "hue_order": order, "palette": palette}
 
     def save(figure, name):
@@ -208,10 +246,14 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         axes[1].set(ylabel="SSIM of reconstruction")
         figure.tight_layout()
         save(figure, f"{column}_ablation")
+
+    examples = example_patch_grids(out_dir.parent, records)
+    if examples:
+        save(figures.plot_dataset_examples(examples, columns=2), "dataset_examples")
     return made
 
 
-FIGURES = ("retention_vs_threshold", "entropy_distributions", "scale_mix", "fidelity_vs_retention",
+FIGURES = ("dataset_examples", "retention_vs_threshold", "entropy_distributions", "scale_mix", "fidelity_vs_retention",
            "speedup_vs_retention", "fidelity_vs_speedup", *(f"{key}_ablation" for key in PARAMETERS))
 """Every figure ``make_figures`` can write: those not made this time are removed, so none is stale."""
 
