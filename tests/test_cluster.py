@@ -1,0 +1,240 @@
+"""Sweeps on a real Dask cluster: `dask scheduler` and two `dask worker` processes on 127.0.0.1.
+
+The smoke sweep through ``--scheduler`` (one image per shard) gives the local sweep's summary; it still
+does with a worker killed mid-sweep, and after the client is killed and ``--resume`` continues. An
+unreachable scheduler ends in exit 2 and one line. Every process a test starts is ended by its pid.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from apt_research.cli import main
+from apt_research.sweep.cluster import ClusterError, check_versions, connect, shard_task
+from apt_research.sweep.runner import run_sweep
+from apt_research.sweep.shards import plan
+from apt_research.sweep.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "ablations" / "smoke.yaml"
+DASK = Path(sys.executable).with_name("dask")
+NUMERIC = ["images", "retention_mean", "retention_p10", "retention_p90", "savings_mean", "psnr_mean", "ssim_mean"]
+START_TIMEOUT = 90
+
+
+def _end(process: subprocess.Popen) -> None:
+    """End a process this module started, and its children, by its pid (its process group)."""
+    if process.poll() is None:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    process.wait()
+
+
+class Cluster:
+    """A scheduler and its workers, started as separate processes."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.scheduler_file = folder / "scheduler.json"
+        self.processes: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> subprocess.Popen:
+        log = open(self.folder / f"process-{len(self.processes)}.log", "w")
+        process = subprocess.Popen([str(DASK), *args], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        worker = self.start("worker", "--scheduler-file", str(self.scheduler_file), "--host", "127.0.0.1",
+                            "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", name,
+                            "--local-directory", str(self.folder / name))
+        self.workers.append(worker)
+        return worker
+
+    @property
+    def address(self) -> str:
+        return json.loads(self.scheduler_file.read_text())["address"]
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-2000:] for p in sorted(self.folder.glob("process-*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`dask scheduler` and two single-thread `dask worker`s on 127.0.0.1, waited for within START_TIMEOUT s."""
+    from distributed import Client
+
+    cluster = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        cluster.start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                      "--scheduler-file", str(cluster.scheduler_file))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not cluster.scheduler_file.exists():
+            assert time.monotonic() < deadline, f"no scheduler within {START_TIMEOUT} s:\n{cluster.logs()}"
+            assert cluster.processes[0].poll() is None, f"the scheduler ended:\n{cluster.logs()}"
+            time.sleep(0.1)
+        for name in ("worker-a", "worker-b"):
+            cluster.start_worker(name)
+        with Client(cluster.address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=max(1.0, deadline - time.monotonic()))
+        yield cluster
+    finally:
+        for process in reversed(cluster.processes):
+            _end(process)
+
+
+@pytest.fixture(scope="module")
+def sharded_spec(tmp_path_factory) -> Path:
+    """The smoke spec with one image per shard: two configurations of two shards each."""
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["fixed"]["shard_size"] = 1
+    path = tmp_path_factory.mktemp("spec") / "smoke.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_summary(tmp_path_factory) -> pd.DataFrame:
+    """The smoke sweep's summary run locally, unsharded (the reference every cluster sweep must match)."""
+    out = tmp_path_factory.mktemp("local")
+    assert main(["sweep", str(SMOKE), "--out", str(out), "--jobs", "2"]) == 0
+    return pd.read_parquet(out / "summary.parquet")
+
+
+def assert_same_summary(out: Path, reference: pd.DataFrame) -> None:
+    summary = pd.read_parquet(out / "summary.parquet")
+    keys = ["dataset", "bins", "thresholds"]
+    ours, theirs = summary.sort_values(keys).reset_index(drop=True), reference.sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours[keys + NUMERIC], theirs[keys + NUMERIC])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_scheduler_exits_2_with_one_line(tmp_path):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "apt_research.cli", "sweep", str(SMOKE), "--out",
+                             str(tmp_path / "out"), "--scheduler", address], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert time.monotonic() - start < 30
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--scheduler" in lines[0] and address in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "tcp://127.0.0.1:port"])
+def test_malformed_scheduler_address_is_refused(address):
+    with pytest.raises(ClusterError, match="expected a scheduler address"):
+        connect(address, timeout=5)
+
+
+def test_version_mismatch_is_reported():
+    class MismatchedClient:
+        def get_versions(self, check, packages):
+            assert check and "apt_research" in packages
+            raise ValueError("Mismatched versions found\n| numpy | 2.3.0 | 2.3.0 | 1.26.4 |")
+
+    with pytest.raises(ClusterError, match="different versions(.|\n)*numpy"):
+        check_versions(MismatchedClient())
+
+
+def test_shard_task_returns_records_and_writes_nothing(tmp_path, monkeypatch):
+    """What a worker does: compute a shard and hand its records back, without the client's disk."""
+    monkeypatch.chdir(tmp_path)
+    params = load_spec(SMOKE).runs[0]["params"]
+    table, skipped = shard_task(params, (1, 2), "smoke", "r", str(tmp_path / "absent" / "cache"))
+    assert list(tmp_path.iterdir()) == [] and skipped == []
+    assert list(table["image"].unique()) == ["camera"] and len(table) == 2
+
+
+def test_cluster_sweep_matches_the_local_summary(cluster, sharded_spec, local_summary, tmp_path):
+    out = tmp_path / "cluster"
+    assert main(["sweep", str(sharded_spec), "--out", str(out), "--scheduler", cluster.address]) == 0
+    assert_same_summary(out, local_summary)
+    for run in load_spec(sharded_spec).runs:
+        run_dir = out / "runs" / run["run_id"]
+        assert len(list((run_dir / "shards").glob("*.parquet"))) == len(plan(run["params"])) == 2
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+        notebook = json.loads((run_dir / "run.ipynb").read_text())
+        assert notebook["metadata"]["papermill"]["parameters"]["shard_size"] == 1
+
+
+def test_client_killed_then_resumed(cluster, sharded_spec, local_summary, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "apt_research.cli", "sweep", str(sharded_spec), "--out", str(out),
+               "--scheduler", cluster.address]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("runs/*/shards/*.parquet")):
+            assert time.monotonic() < deadline and process.poll() is None, "no shard was written"
+            time.sleep(0.05)
+    finally:
+        _end(process)
+    kept = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/shards/*.parquet")}
+    assert kept and not (out / "summary.parquet").exists()
+    assert main(["sweep", str(sharded_spec), "--out", str(out), "--scheduler", cluster.address, "--resume"]) == 0
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())  # not computed again
+    assert_same_summary(out, local_summary)
+
+
+def test_worker_killed_mid_sweep(cluster, sharded_spec, local_summary, tmp_path):
+    """Runs last: it kills one of the module's two workers."""
+    out = tmp_path / "worker-killed"
+    client = connect(cluster.address)
+    victim = cluster.workers[0]
+    statuses, errors = [], []
+
+    def sweep():
+        try:
+            statuses.extend(run_sweep(load_spec(sharded_spec), out, client=client, progress=False))
+        except Exception as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=sweep)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 120
+        victim_address = None
+        while victim_address is None:
+            assert time.monotonic() < deadline and thread.is_alive(), "no shard ever ran on worker-a"
+            workers = client.scheduler_info()["workers"]
+            busy = {address for address, tasks in client.processing().items() if tasks}
+            victim_address = next((a for a, w in workers.items() if w["name"] == "worker-a" and a in busy), None)
+            time.sleep(0.02)
+        _end(victim)
+        thread.join(180)
+        assert not thread.is_alive() and not errors, errors
+    finally:
+        thread.join()
+        client.close()
+    assert [s["state"] for s in statuses] == ["finished", "finished"]
+    assert main(["report", str(out)]) == 0
+    assert_same_summary(out, local_summary)
