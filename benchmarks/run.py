@@ -158,7 +158,7 @@ def scaling_section(results: dict) -> str:
 
 
 def cache_section(results: dict) -> str:
-    from apt_research.sweep.runner import measure_threshold_point_cost
+    from apt_research.sweep.benchmark import measure_threshold_point_cost
 
     figures = measure_threshold_point_cost()
     results["cache"] = figures

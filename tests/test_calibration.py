@@ -74,7 +74,7 @@ def test_budget_mode_keeps_each_image_under_its_budget(budget):
 
 
 def test_a_target_retention_run_records_thresholds_retention_fidelity_and_speed(tmp_path):
-    from apt_research.sweep.runner import run_configuration
+    from apt_research.sweep.configuration import run_configuration
 
     params = {"dataset": "skimage", "dataset_options": {"names": ["astronaut", "coffee", "camera"]},
               "image_size": 128, "num_scales": 3, "target_retention": [0.5], "measure_speed": ["vit_s"]}

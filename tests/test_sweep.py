@@ -17,7 +17,7 @@ from apt_research import compute_patch_entropy_batched, select_patches_by_thresh
 from apt_research.analysis import entropy_statistics
 from apt_research.cli import main
 from apt_research.datasets import iter_images, skimage_dataset
-from apt_research.sweep.runner import DirectoryLock, SweepLocked
+from apt_research.sweep.lock import DirectoryLock, SweepLocked
 from apt_research.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

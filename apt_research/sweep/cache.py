@@ -21,11 +21,13 @@ MAP_KEYS = ("dataset", "dataset_options", "resize", "image_size", "patch_size", 
             "method_options", "limit")
 
 
-def cache_key(params: dict) -> str:
-    """Hash of what the maps depend on (bins only for the entropy scorer)."""
+def cache_key(params: dict, shard: tuple[int, int] | None = None) -> str:
+    """Hash of what the maps depend on (bins only for the entropy scorer; the shard of images when given)."""
     fields = {key: params[key] for key in MAP_KEYS}
     if params["method"] == "entropy":
         fields["bins"] = params["bins"]
+    if shard is not None:
+        fields["shard"] = list(shard)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

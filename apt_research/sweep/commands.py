@@ -8,7 +8,8 @@ from pathlib import Path
 def cmd_sweep(args) -> int:
     from ..cli import UsageError
     from .report import build_report
-    from .runner import SweepLocked, run_sweep
+    from .lock import SweepLocked
+    from .runner import run_sweep
     from .spec import SpecError, load_spec
 
     try:

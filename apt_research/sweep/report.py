@@ -13,7 +13,7 @@ import seaborn as sns
 
 from .. import figures
 from .._io import atomic_path, write_atomic
-from .runner import is_finished
+from .layout import is_finished
 
 CONFIG_COLUMNS = ["resize", "image_size", "patch_size", "num_scales", "bins", "method", "method_options",
                   "target_retention", "calibration", "thresholds"]

@@ -1,0 +1,92 @@
+"""One configuration, in process: maps, every threshold setting's records, and the run's constant columns.
+
+The run notebook calls ``run_notebook_configuration``; an executor that runs shards of images on other
+machines calls ``configuration_records`` there and writes the concatenated records with
+``layout.write_records``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .layout import write_records
+from .maps import maps_for
+from .records import image_columns, threshold_records
+from .speed import measured_speed
+from .thresholds import threshold_settings
+
+
+def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: str = "",
+                          shard: tuple[int, int] | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """The records of one configuration (every threshold setting) on all its images or one shard of them.
+
+    Parameters
+    ----------
+    params : dict
+        A configuration; validated here.
+    cache_dir : path, optional
+        Where importance maps are cached; no cache when ``None``.
+    sweep, run : str
+        The sweep's name and the run's id, written into every record.
+    shard : (int, int), optional
+        Only images ``start:stop`` of the data set (after ``limit``).
+
+    Returns
+    -------
+    (pandas.DataFrame, list of dict)
+        One row per image per threshold setting, and the images that could not be read.
+    """
+    from .spec import check_params
+
+    params = check_params(params, f"run {run or '(notebook)'}")
+    start = time.perf_counter()
+    pixels, maps, metas, skipped, hit = maps_for(params, cache_dir, shard=shard)
+    maps_s = time.perf_counter() - start
+    rows, columns = [], [image_columns(*item) for item in zip(pixels, maps, metas)]
+    for thresholds, extra in threshold_settings(params, maps):
+        setting_rows = threshold_records(params, thresholds, pixels, maps, columns)
+        extra = dict(extra, **measured_speed(params, setting_rows))
+        rows += [dict(row, **extra) for row in setting_rows]
+    table = pd.DataFrame(rows)
+    constant = {"sweep": sweep, "run_id": run, "dataset": params["dataset"], "cache_hit": hit, "maps_time_s": maps_s}
+    constant.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in params.items()
+                     if k not in ("thresholds", "dataset", "target_retention")})
+    for column, value in reversed(list(constant.items())):
+        table.insert(0, column, value)
+    return table, skipped
+
+
+def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "", run: str = "") -> pd.DataFrame:
+    """Run one configuration (every threshold setting of it) and write ``records.parquet`` into ``output_dir``."""
+    table, skipped = configuration_records(params, cache_dir, sweep, run)
+    write_records(Path(output_dir), table, skipped)
+    return table
+
+
+def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
+    """The run notebook's one call: read the parameters from its namespace and run the configuration.
+
+    papermill's ``-p`` passes lists and dicts as text (``-p thresholds "[5.5]"``); such text is read as YAML.
+    """
+    import yaml
+
+    from .spec import PARAMETERS
+
+    params = {}
+    for key, (expected, _) in PARAMETERS.items():
+        if key not in namespace:
+            continue
+        value = namespace[key]
+        if isinstance(value, str) and (expected in (list, dict) or key == "target_retention"):
+            value = yaml.safe_load(value)
+        params[key] = value
+    if params.get("target_retention") is not None:
+        params.pop("thresholds", None)  # the notebook's default thresholds give way to a target
+    output_dir = Path(namespace["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = namespace.get("cache_dir")
+    return run_configuration(params, output_dir, cache_dir, namespace.get("sweep", ""), namespace.get("run_id", ""))
