@@ -21,6 +21,7 @@ import yaml
 
 from apt_research.cli import main
 from apt_research.sweep.cluster import ClusterError, check_versions, connect, shard_task
+from apt_research.sweep.report import load_records, summarise
 from apt_research.sweep.runner import run_sweep
 from apt_research.sweep.shards import plan
 from apt_research.sweep.spec import load_spec
@@ -28,6 +29,7 @@ from apt_research.sweep.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "ablations" / "smoke.yaml"
 DASK = Path(sys.executable).with_name("dask")
+APT_RESEARCH = Path(sys.executable).with_name("apt-research")
 NUMERIC = ["images", "retention_mean", "retention_p10", "retention_p90", "savings_mean", "psnr_mean", "ssim_mean"]
 START_TIMEOUT = 90
 
@@ -114,16 +116,21 @@ def sharded_spec(tmp_path_factory) -> Path:
     return path
 
 
+def summary_of(out: Path) -> pd.DataFrame:
+    """What ``report`` writes as ``summary.parquet``, without its figures."""
+    return summarise(load_records(out)[0])
+
+
 @pytest.fixture(scope="module")
 def local_summary(tmp_path_factory) -> pd.DataFrame:
     """The smoke sweep's summary run locally, unsharded (the reference every cluster sweep must match)."""
     out = tmp_path_factory.mktemp("local")
-    assert main(["sweep", str(SMOKE), "--out", str(out), "--jobs", "2"]) == 0
-    return pd.read_parquet(out / "summary.parquet")
+    statuses = run_sweep(load_spec(SMOKE), out, jobs=2, progress=False)
+    assert [s["state"] for s in statuses] == ["finished", "finished"]
+    return summary_of(out)
 
 
-def assert_same_summary(out: Path, reference: pd.DataFrame) -> None:
-    summary = pd.read_parquet(out / "summary.parquet")
+def assert_same_summary(summary: pd.DataFrame, reference: pd.DataFrame) -> None:
     keys = ["dataset", "bins", "thresholds"]
     ours, theirs = summary.sort_values(keys).reset_index(drop=True), reference.sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(ours[keys + NUMERIC], theirs[keys + NUMERIC])
@@ -138,7 +145,7 @@ def _free_port() -> int:
 def test_unreachable_scheduler_exits_2_with_one_line(tmp_path):
     address = f"tcp://127.0.0.1:{_free_port()}"
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "apt_research.cli", "sweep", str(SMOKE), "--out",
+    result = subprocess.run([str(APT_RESEARCH), "sweep", str(SMOKE), "--out",
                              str(tmp_path / "out"), "--scheduler", address], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert time.monotonic() - start < 30
@@ -176,7 +183,7 @@ def test_shard_task_returns_records_and_writes_nothing(tmp_path, monkeypatch):
 def test_cluster_sweep_matches_the_local_summary(cluster, sharded_spec, local_summary, tmp_path):
     out = tmp_path / "cluster"
     assert main(["sweep", str(sharded_spec), "--out", str(out), "--scheduler", cluster.address]) == 0
-    assert_same_summary(out, local_summary)
+    assert_same_summary(pd.read_parquet(out / "summary.parquet"), local_summary)
     for run in load_spec(sharded_spec).runs:
         run_dir = out / "runs" / run["run_id"]
         assert len(list((run_dir / "shards").glob("*.parquet"))) == len(plan(run["params"])) == 2
@@ -187,8 +194,7 @@ def test_cluster_sweep_matches_the_local_summary(cluster, sharded_spec, local_su
 
 def test_client_killed_then_resumed(cluster, sharded_spec, local_summary, tmp_path):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "apt_research.cli", "sweep", str(sharded_spec), "--out", str(out),
-               "--scheduler", cluster.address]
+    command = [str(APT_RESEARCH), "sweep", str(sharded_spec), "--out", str(out), "--scheduler", cluster.address]
     process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
@@ -200,9 +206,11 @@ def test_client_killed_then_resumed(cluster, sharded_spec, local_summary, tmp_pa
         _end(process)
     kept = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/shards/*.parquet")}
     assert kept and not (out / "summary.parquet").exists()
-    assert main(["sweep", str(sharded_spec), "--out", str(out), "--scheduler", cluster.address, "--resume"]) == 0
+    with connect(cluster.address) as client:
+        statuses = run_sweep(load_spec(sharded_spec), out, resume=True, client=client, progress=False)
+    assert [s["state"] for s in statuses] == ["finished", "finished"]
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())  # not computed again
-    assert_same_summary(out, local_summary)
+    assert_same_summary(summary_of(out), local_summary)
 
 
 def test_worker_killed_mid_sweep(cluster, sharded_spec, local_summary, tmp_path):
@@ -236,5 +244,4 @@ def test_worker_killed_mid_sweep(cluster, sharded_spec, local_summary, tmp_path)
         thread.join()
         client.close()
     assert [s["state"] for s in statuses] == ["finished", "finished"]
-    assert main(["report", str(out)]) == 0
-    assert_same_summary(out, local_summary)
+    assert_same_summary(summary_of(out), local_summary)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 
-DEFAULT_CONNECT_TIMEOUT = 20.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds ``connect`` waits for a scheduler to answer."""
 
 CHECKED_PACKAGES = ("apt_research", "torch", "numpy", "pandas", "pyarrow", "numba", "papermill")
@@ -160,7 +160,7 @@ class DaskExecutor:
         for task in ready:
             yield assemble(task)
         failed = set()
-        for future in as_completed(list(owners)):
+        for future in as_completed(list(owners), loop=self.client.loop):
             task, shard = owners.pop(future)
             if task.run_id in failed:
                 continue

@@ -8,6 +8,7 @@ from pathlib import Path
 def cmd_sweep(args) -> int:
     from ..cli import UsageError
     from .report import build_report
+    from .cluster import ClusterError, connect
     from .lock import SweepLocked
     from .runner import run_sweep
     from .spec import SpecError, load_spec
@@ -24,10 +25,22 @@ def cmd_sweep(args) -> int:
                                                                      "method", "thresholds", "resize", "patch_size")}
             print(f"  {run['run_id']}  {changed}")
         return 0
+    client = None
+    if args.scheduler:
+        if args.jobs != 1:
+            raise UsageError(f"--jobs {args.jobs} runs local processes; with --scheduler the cluster's workers "
+                             f"set the parallelism: drop --jobs")
+        try:
+            client = connect(args.scheduler)
+        except ClusterError as error:
+            raise UsageError(str(error)) from error
     try:
-        statuses = run_sweep(sweep, out, jobs=args.jobs, resume=args.resume, device=args.device)
+        statuses = run_sweep(sweep, out, jobs=args.jobs, resume=args.resume, device=args.device, client=client)
     except SweepLocked as error:
         raise UsageError(str(error)) from error
+    finally:
+        if client is not None:
+            client.close()
     failed = [s for s in statuses if s["state"] != "finished"]
     report = build_report(out)
     print(f"sweep {sweep.name}: {len(statuses) - len(failed)} finished, {len(failed)} failed")
@@ -51,7 +64,10 @@ def add_commands(commands) -> None:
     sweep.add_argument("spec", help="a sweep spec, e.g. ablations/default.yaml")
     sweep.add_argument("--out", help="sweep directory (default results/<name>)")
     sweep.add_argument("--jobs", type=int, default=1, help="runs executed in parallel")
-    sweep.add_argument("--resume", action="store_true", help="skip runs that already finished")
+    sweep.add_argument("--resume", action="store_true",
+                       help="skip runs that already finished, and shards of images already computed")
+    sweep.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the Dask cluster whose scheduler is ADDRESS (e.g. tcp://10.0.0.5:8786)")
     sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     sweep.add_argument("--device", help="override every run's device (cpu, cuda, cuda:1)")
     sweep.set_defaults(func=cmd_sweep)

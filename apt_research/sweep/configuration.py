@@ -62,7 +62,9 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
 
 def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "", run: str = "") -> pd.DataFrame:
     """Run one configuration (every threshold setting of it) and write ``records.parquet`` into ``output_dir``."""
-    table, skipped = configuration_records(params, cache_dir, sweep, run)
+    from .shards import sharded_records
+
+    table, skipped = sharded_records(params, Path(output_dir), cache_dir, sweep, run)
     write_records(Path(output_dir), table, skipped)
     return table
 

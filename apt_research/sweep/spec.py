@@ -39,6 +39,7 @@ PARAMETERS: dict[str, tuple[type | tuple, object]] = {
     "calibration": (str, "shared"),
     "measure_speed": (list, []),
     "limit": ((int, type(None)), None),
+    "shard_size": ((int, type(None)), None),
     "batch_size": (int, 16),
     "device": (str, "cpu"),
 }
@@ -117,6 +118,12 @@ def check_params(params: dict, where: str) -> dict:
                 raise SpecError(f"{where}: key 'target_retention' expects numbers in (0, 1], got {target!r}")
         full["target_retention"] = [float(t) for t in targets]
         full["thresholds"] = []
+    if full["shard_size"] is not None:
+        if full["shard_size"] < 1:
+            raise SpecError(f"{where}: key 'shard_size' must be >= 1 image, got {full['shard_size']}")
+        if full["target_retention"] is not None or full["measure_speed"]:
+            raise SpecError(f"{where}: key 'shard_size' needs fixed thresholds and no measure_speed (calibration "
+                            f"and speed measurements use all of a configuration's images at once)")
     if full["calibration"] not in STRATEGIES:
         raise SpecError(f"{where}: key 'calibration' expects one of {STRATEGIES}, got {full['calibration']!r}")
     for model in full["measure_speed"]:
