@@ -21,10 +21,11 @@ import yaml
 
 from apt_research.cli import main
 from apt_research.sweep.cluster import ClusterError, check_versions, connect, shard_task
+from apt_research.sweep.configuration import run_configuration
 from apt_research.sweep.report import load_records, summarise
 from apt_research.sweep.runner import run_sweep
 from apt_research.sweep.shards import plan
-from apt_research.sweep.spec import load_spec
+from apt_research.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "ablations" / "smoke.yaml"
@@ -178,6 +179,44 @@ def test_shard_task_returns_records_and_writes_nothing(tmp_path, monkeypatch):
     table, skipped = shard_task(params, (1, 2), "smoke", "r", str(tmp_path / "absent" / "cache"))
     assert list(tmp_path.iterdir()) == [] and skipped == []
     assert list(table["image"].unique()) == ["camera"] and len(table) == 2
+
+
+VARYING = ["time_s", "maps_time_s", "cache_hit", "shard_size"]
+
+
+def test_sharded_configuration_gives_the_unsharded_records(tmp_path):
+    params = load_spec(SMOKE).runs[0]["params"]
+    whole = run_configuration(params, tmp_path / "whole")
+    sharded = run_configuration({**params, "shard_size": 1}, tmp_path / "sharded", tmp_path / "cache")
+    assert not (tmp_path / "whole" / "shards").exists()
+    assert sorted(p.name for p in (tmp_path / "sharded" / "shards").iterdir()) == [
+        "000000000-000000001.parquet", "000000001-000000002.parquet"]
+    pd.testing.assert_frame_equal(sharded.drop(columns=VARYING), whole.drop(columns=VARYING))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # maps cached per shard
+
+
+def test_kept_shards_are_reused_and_a_broken_one_recomputed(tmp_path):
+    params = {**load_spec(SMOKE).runs[0]["params"], "shard_size": 1}
+    first = run_configuration(params, tmp_path)
+    kept, broken = sorted((tmp_path / "shards").glob("*.parquet"))
+    kept_mtime = kept.stat().st_mtime_ns
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = run_configuration(params, tmp_path)
+    assert kept.stat().st_mtime_ns == kept_mtime
+    pd.testing.assert_frame_equal(again.drop(columns=VARYING), first.drop(columns=VARYING))
+
+
+@pytest.mark.parametrize("extra, message", [({"shard_size": 0}, ">= 1 image"),
+                                            ({"shard_size": 2, "target_retention": 0.5}, "fixed thresholds"),
+                                            ({"shard_size": 2, "measure_speed": ["vit_s"]}, "no measure_speed")])
+def test_bad_shard_size_is_refused(extra, message):
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["fixed"].update(extra)
+    if "target_retention" in extra:
+        del spec["fixed"]["thresholds"]
+    with pytest.raises(SpecError, match=f"shard_size.*{message}"):
+        load_spec(spec, "bad")
 
 
 def test_cluster_sweep_matches_the_local_summary(cluster, sharded_spec, local_summary, tmp_path):

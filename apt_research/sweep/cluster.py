@@ -105,7 +105,7 @@ def check_versions(client) -> None:
                                f"install the same environment everywhere. Dask reports:\n{error}") from error
 
 
-def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache_dir: str):
+def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache_dir: str | None = None):
     """On a worker: one shard's ``(records, skipped)``, returned to the client, which writes them.
 
     The maps cache is used only where the worker sees the sweep's cache directory (a shared file
@@ -115,7 +115,7 @@ def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache
 
     from .configuration import configuration_records
 
-    cache = cache_dir if Path(cache_dir).is_dir() else None
+    cache = cache_dir if cache_dir and Path(cache_dir).is_dir() else None
     return configuration_records(params, cache, sweep, run, shard=shard)
 
 

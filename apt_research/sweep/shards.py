@@ -122,5 +122,17 @@ def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = ""
             save_shard(run_dir, shard, *kept)
         tables.append(kept[0])
         skipped += kept[1]
-    tables = [table for table in tables if len(table)] or tables[:1]
-    return pd.concat(tables, ignore_index=True), skipped
+    return pd.concat(_setting_major(tables, max(len(params["thresholds"]), 1)), ignore_index=True), skipped
+
+
+def _setting_major(tables: list[pd.DataFrame], settings: int) -> list[pd.DataFrame]:
+    """The shards' rows in the order of one unsharded run: threshold setting first, then image.
+
+    Each shard's table holds ``settings`` consecutive blocks of rows, one per threshold setting.
+    """
+    parts = []
+    for setting in range(settings):
+        for table in tables:
+            block = len(table) // settings
+            parts.append(table.iloc[setting * block:(setting + 1) * block])
+    return [part for part in parts if len(part)] or tables[:1]
