@@ -109,4 +109,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from apt_research.cli import main as package_main  # raises the package's UsageError, not __main__'s copy
+
+    sys.exit(package_main())

@@ -207,7 +207,7 @@ def test_kept_shards_are_reused_and_a_broken_one_recomputed(tmp_path):
     pd.testing.assert_frame_equal(again.drop(columns=VARYING), first.drop(columns=VARYING))
 
 
-@pytest.mark.parametrize("extra, message", [({"shard_size": 0}, ">= 1 image"),
+@pytest.mark.parametrize("extra, message", [({"shard_size": 0}, "greater than or equal to 1"),
                                             ({"shard_size": 2, "target_retention": 0.5}, "fixed thresholds"),
                                             ({"shard_size": 2, "measure_speed": ["vit_s"]}, "no measure_speed")])
 def test_bad_shard_size_is_refused(extra, message):

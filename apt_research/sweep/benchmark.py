@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .configuration import run_configuration
 from .notebook import execute_run
+from .parameters import validate_params
 
 
 def measure_threshold_point_cost(points: int = 4) -> dict:
@@ -18,9 +19,7 @@ def measure_threshold_point_cost(points: int = 4) -> dict:
     ``extra_point_s``: each further threshold setting on the cached maps (selection, reconstruction,
     PSNR/SSIM, records).
     """
-    from .spec import check_params
-
-    params = check_params({"dataset": "skimage", "image_size": 224, "num_scales": 3, "bins": 512,
+    params = validate_params({"dataset": "skimage", "image_size": 224, "num_scales": 3, "bins": 512,
                            "thresholds": [[5.75, 4.0]]}, "benchmark")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

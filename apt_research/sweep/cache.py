@@ -1,57 +1,100 @@
 """Cached importance maps: computed once per key, stored as ``.npz`` without pickle.
 
-The maps depend on the data set, resize policy, image size, scorer and its
-options, base patch, scales and bins, never on thresholds: a threshold axis then
-costs selection only. Each entry also holds the resized pixels (for the
-reconstruction) and the images' metadata (as JSON text).
+The maps depend on the parameters declared ``maps=True`` in ``parameters.Parameters``
+(``MAP_KEYS``: data set, resize policy, image size, scorer and its options, base patch,
+scales, bins for the entropy scorer, limit) and, for a folder, on its contents (each image
+file's path, size and modification time): never on thresholds, so a threshold axis costs
+selection only, and a folder that changed gets new maps. Each entry also holds the resized
+pixels (for the reconstruction), the images' metadata and the skipped images (as JSON text),
+and a SHA-256 checksum of all that: an entry that cannot be read or whose checksum does not
+match is recomputed, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._io import atomic_path
+from ..datasets import ImageSource
+from .parameters import MAP_KEYS
 
-MAP_KEYS = ("dataset", "dataset_options", "resize", "image_size", "patch_size", "num_scales", "method",
-            "method_options", "limit")
+
+def source_fingerprint(source: ImageSource) -> str | None:
+    """Hash of the path, size and modification time of every file a data set reads; ``None`` if it reads none."""
+    files = [item for item in source.items if isinstance(item, Path)]
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
-def cache_key(params: dict, shard: tuple[int, int] | None = None) -> str:
-    """Hash of what the maps depend on (bins only for the entropy scorer; the shard of images when given)."""
-    fields = {key: params[key] for key in MAP_KEYS}
-    if params["method"] == "entropy":
-        fields["bins"] = params["bins"]
+def cache_key(params: dict, shard: tuple[int, int] | None = None, fingerprint: str | None = None) -> str:
+    """Hash of what the maps depend on: ``MAP_KEYS`` (bins only for the entropy scorer), the shard of images
+    and the data set's file fingerprint (``source_fingerprint``) when given."""
+    fields = {key: params[key] for key in MAP_KEYS if key != "bins" or params["method"] == "entropy"}
     if shard is not None:
         fields["shard"] = list(shard)
+    if fingerprint is not None:
+        fields["files"] = fingerprint
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def save_entry(path: Path, pixels: list[torch.Tensor], maps: list[dict[int, torch.Tensor]], metas: list[dict]) -> None:
-    """Write one cache entry atomically (temporary file, then rename)."""
-    arrays = {"metas": np.array(json.dumps(metas, default=str))}
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def save_entry(path: Path, pixels: list[torch.Tensor], maps: list[dict[int, torch.Tensor]], metas: list[dict],
+               skipped: list[dict]) -> None:
+    """Write one cache entry, with its checksum, atomically (temporary file, then rename)."""
+    arrays = {"metas": np.array(json.dumps(metas, default=str)), "skipped": np.array(json.dumps(skipped))}
     for i, (image, image_maps) in enumerate(zip(pixels, maps)):
         arrays[f"pixels_{i}"] = image.cpu().numpy().astype(np.float32)
         for size, scale_map in image_maps.items():
             arrays[f"map_{i}_{size}"] = scale_map.cpu().numpy().astype(np.float32)
+    arrays["checksum"] = np.array(_checksum(arrays))
     with atomic_path(path) as temporary:
         np.savez(temporary, **arrays)
 
 
+def _read_entry(path: Path):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    if str(arrays.pop("checksum")) != _checksum(arrays):
+        raise ValueError("checksum mismatch")
+    metas = json.loads(str(arrays["metas"]))
+    pixels = [torch.from_numpy(arrays[f"pixels_{i}"]) for i in range(len(metas))]
+    maps = [{int(k.rsplit("_", 1)[1]): torch.from_numpy(v) for k, v in arrays.items() if k.startswith(f"map_{i}_")}
+            for i in range(len(metas))]
+    return pixels, maps, metas, json.loads(str(arrays["skipped"]))
+
+
 def load_entry(path: Path):
-    """``(pixels, maps, metas)`` of a cache entry; ``None`` if it does not exist."""
+    """``(pixels, maps, metas, skipped)`` of a cache entry; ``None`` if it does not exist or cannot be used.
+
+    An entry that cannot be read (truncated, not an archive, missing arrays) or whose checksum does not
+    match its contents is reported with a warning; the caller recomputes and replaces it.
+    """
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        metas = json.loads(str(data["metas"]))
-        pixels, maps = [], []
-        for i in range(len(metas)):
-            pixels.append(torch.from_numpy(data[f"pixels_{i}"]))
-            prefix = f"map_{i}_"
-            maps.append({int(k[len(prefix):]): torch.from_numpy(data[k]) for k in data.files if k.startswith(prefix)})
-    return pixels, maps, metas
+    try:
+        return _read_entry(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"cache entry {path} cannot be used ({type(error).__name__}: {error}); recomputing it",
+                      RuntimeWarning, stacklevel=2)
+        return None

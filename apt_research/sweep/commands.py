@@ -1,41 +1,98 @@
-"""The ``sweep`` and ``report`` sub-commands of ``apt-research``."""
+"""The ``sweep`` and ``report`` sub-commands of ``apt-research``.
+
+Every option is checked before any work starts: a bad one exits with code 2 and one line naming it.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+MAX_RUNS = 1000
+"""A spec expanding to more runs than this needs ``--yes``."""
+
+SWEEP_OUTPUTS = {"spec.yaml", "runs", "cache", "report.md", "summary.parquet", "summary.csv", "figures", ".sweep.lock"}
+"""What a sweep writes into its directory; ``--out`` must be new, empty or hold only these."""
+
+
+def _jobs(text: str) -> int:
+    from ..cli import UsageError
+
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise UsageError(f"--jobs expects a whole number >= 1, got {text!r}")
+    return jobs
+
+
+def _device(text: str | None) -> str | None:
+    from ..cli import UsageError
+    from .parameters import ParameterError, validate_params
+
+    if text is None:
+        return None
+    try:
+        return validate_params({"device": text}, "--device")["device"]
+    except ParameterError as error:
+        raise UsageError(str(error).replace("--device: key 'device'", "--device")) from None
+
+
+def _out(text: str | None, name: str) -> Path:
+    from ..cli import UsageError
+
+    out = Path(text) if text else Path("results") / name
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out expects a directory, got {str(out)!r} (an existing file)")
+    others = sorted(p.name for p in out.iterdir() if p.name not in SWEEP_OUTPUTS and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if others:
+        raise UsageError(f"--out expects a new or empty directory or a sweep directory, got {str(out)!r} holding "
+                         f"{others[:3]}{' ...' if len(others) > 3 else ''} (a sweep would write beside them)")
+    return out
+
+
+def dry_run_listing(sweep, out: Path) -> str:
+    """The runs of a sweep, one line each with the parameters that vary between them."""
+    from .spec import varying
+
+    keys = varying(sweep.runs)
+    lines = [f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}"
+             + (f", varying {', '.join(keys)}" if keys else "")]
+    lines += [f"  {run['run_id']}  " + json.dumps({k: run["params"][k] for k in keys}) for run in sweep.runs]
+    return "\n".join(lines)
 
 
 def cmd_sweep(args) -> int:
     from ..cli import UsageError
-    from .report import build_report
     from .cluster import ClusterError, connect
     from .lock import SweepLocked
+    from .report import build_report
     from .runner import run_sweep
     from .spec import SpecError, load_spec
 
+    jobs, device = _jobs(args.jobs), _device(args.device)
     try:
-        sweep = load_spec(args.spec)
+        sweep = load_spec(args.spec, max_runs=None if args.yes else MAX_RUNS)
     except SpecError as error:
         raise UsageError(str(error)) from error
-    out = Path(args.out) if args.out else Path("results") / sweep.name
+    out = _out(args.out, sweep.name)
     if args.dry_run:
-        print(f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}")
-        for run in sweep.runs:
-            changed = {k: v for k, v in run["params"].items() if k in ("dataset", "image_size", "num_scales", "bins",
-                                                                     "method", "thresholds", "resize", "patch_size")}
-            print(f"  {run['run_id']}  {changed}")
+        print(dry_run_listing(sweep, out))
         return 0
     client = None
     if args.scheduler:
-        if args.jobs != 1:
-            raise UsageError(f"--jobs {args.jobs} runs local processes; with --scheduler the cluster's workers "
+        if jobs != 1:
+            raise UsageError(f"--jobs {jobs} runs local processes; with --scheduler the cluster's workers "
                              f"set the parallelism: drop --jobs")
         try:
             client = connect(args.scheduler)
         except ClusterError as error:
             raise UsageError(str(error)) from error
+    print(f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}" + (f" on {args.scheduler}" if client else ""))
     try:
-        statuses = run_sweep(sweep, out, jobs=args.jobs, resume=args.resume, device=args.device, client=client)
+        statuses = run_sweep(sweep, out, jobs=jobs, resume=args.resume, device=device, client=client)
     except SweepLocked as error:
         raise UsageError(str(error)) from error
     finally:
@@ -53,23 +110,25 @@ def cmd_report(args) -> int:
     from .report import build_report
 
     if not (Path(args.sweep_dir) / "runs").is_dir():
-        raise UsageError(f"SWEEP_DIR must be a sweep directory with runs/, got {args.sweep_dir!r}")
+        raise UsageError(f"SWEEP_DIR expects a sweep directory with runs/, got {args.sweep_dir!r}")
     report = build_report(args.sweep_dir)
     print(f"report: {report.path}")
     return 0
 
 
 def add_commands(commands) -> None:
+    """Add ``sweep`` and ``report`` to the ``apt-research`` sub-command parser."""
     sweep = commands.add_parser("sweep", help="run a YAML ablation sweep through papermill, then report")
     sweep.add_argument("spec", help="a sweep spec, e.g. ablations/default.yaml")
     sweep.add_argument("--out", help="sweep directory (default results/<name>)")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs executed in parallel")
+    sweep.add_argument("--jobs", default="1", help="runs executed in parallel (>= 1)")
     sweep.add_argument("--resume", action="store_true",
                        help="skip runs that already finished, and shards of images already computed")
     sweep.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on the Dask cluster whose scheduler is ADDRESS (e.g. tcp://10.0.0.5:8786)")
     sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     sweep.add_argument("--device", help="override every run's device (cpu, cuda, cuda:1)")
+    sweep.add_argument("--yes", action="store_true", help=f"run a spec of more than {MAX_RUNS:,} runs")
     sweep.set_defaults(func=cmd_sweep)
 
     report = commands.add_parser("report", help="aggregate a sweep directory into tables and figures")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .layout import write_records
 from .maps import maps_for
+from .parameters import PARAMETERS, ParameterError, closest, validate_params
 from .records import image_columns, threshold_records
 from .speed import measured_speed
 from .thresholds import threshold_settings
@@ -40,9 +41,7 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
     (pandas.DataFrame, list of dict)
         One row per image per threshold setting, and the images that could not be read.
     """
-    from .spec import check_params
-
-    params = check_params(params, f"run {run or '(notebook)'}")
+    params = validate_params(params, f"run {run or '(notebook)'}")
     start = time.perf_counter()
     pixels, maps, metas, skipped, hit = maps_for(params, cache_dir, shard=shard)
     maps_s = time.perf_counter() - start
@@ -60,6 +59,10 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
     return table, skipped
 
 
+NOTEBOOK_NAMES = ("output_dir", "cache_dir", "sweep", "run_id")
+"""The run notebook's parameters beyond the sweep parameters: where it writes and what it is part of."""
+
+
 def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "", run: str = "") -> pd.DataFrame:
     """Run one configuration (every threshold setting of it) and write ``records.parquet`` into ``output_dir``."""
     from .shards import sharded_records
@@ -69,26 +72,42 @@ def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "",
     return table
 
 
-def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
-    """The run notebook's one call: read the parameters from its namespace and run the configuration.
+def notebook_parameters(namespace: dict) -> dict:
+    """The sweep parameters among a notebook's variables; a variable that is no parameter is refused.
 
-    papermill's ``-p`` passes lists and dicts as text (``-p thresholds "[5.5]"``); such text is read as YAML.
+    papermill injects ``-p NAME VALUE`` as a variable whatever ``NAME`` is, so a typo would otherwise run
+    with the default. Text is read as YAML where the parameter is not text (``-p thresholds "[5.5]"``).
+
+    Raises
+    ------
+    ParameterError
+        Naming the unknown variable and the closest parameter.
     """
     import yaml
+    from IPython import get_ipython
 
-    from .spec import PARAMETERS
-
+    shell = get_ipython()
+    hidden = set(shell.user_ns_hidden) if shell is not None else set()
+    plain = (str, int, float, bool, list, dict, type(None))
+    for name, value in namespace.items():
+        if (not name.startswith("_") and name not in hidden and isinstance(value, plain)
+                and name not in PARAMETERS and name not in NOTEBOOK_NAMES):
+            raise ParameterError(f"run notebook: unknown parameter {name!r}{closest(name, [*PARAMETERS, *NOTEBOOK_NAMES])}"
+                                 f" (known: {', '.join([*PARAMETERS, *NOTEBOOK_NAMES])})")
     params = {}
-    for key, (expected, _) in PARAMETERS.items():
-        if key not in namespace:
-            continue
-        value = namespace[key]
-        if isinstance(value, str) and (expected in (list, dict) or key == "target_retention"):
-            value = yaml.safe_load(value)
-        params[key] = value
+    for key, default in PARAMETERS.items():
+        if key in namespace:
+            value = namespace[key]
+            params[key] = yaml.safe_load(value) if isinstance(value, str) and not isinstance(default, str) else value
     if params.get("target_retention") is not None:
         params.pop("thresholds", None)  # the notebook's default thresholds give way to a target
+    return params
+
+
+def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
+    """The run notebook's one call: check the parameters among its variables and run the configuration."""
     output_dir = Path(namespace["output_dir"])
+    params = notebook_parameters(namespace)
     output_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = namespace.get("cache_dir")
-    return run_configuration(params, output_dir, cache_dir, namespace.get("sweep", ""), namespace.get("run_id", ""))
+    return run_configuration(params, output_dir, namespace.get("cache_dir"), namespace.get("sweep", ""),
+                             namespace.get("run_id", ""))

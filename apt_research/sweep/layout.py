@@ -43,12 +43,55 @@ def write_records(output_dir: Path, table: pd.DataFrame, skipped: list[dict]) ->
         write_json(Path(output_dir) / "skipped.json", skipped)
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run whose status says finished and whose records exist."""
-    status = run_dir / "status.json"
-    if not status.exists() or not (run_dir / "records.parquet").exists():
-        return False
+PARTIAL_FILES = ".*.tmp-*"
+"""The names ``_io.atomic_path`` writes to before renaming: left behind only by a killed process."""
+
+
+def remove_partial_files(sweep_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed sweep left in its run directories, cache and top level.
+
+    Call only while holding the sweep's lock (no other process writes there then). Returns what was removed.
+    """
+    sweep_dir = Path(sweep_dir)
+    removed = []
+    for pattern in (PARTIAL_FILES, f"runs/*/{PARTIAL_FILES}", f"cache/{PARTIAL_FILES}", f"figures/{PARTIAL_FILES}"):
+        for path in sweep_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def run_state(run_dir: Path) -> tuple[str, str | None]:
+    """A run's state and, unless it finished, why: ``finished``, ``failed``, ``running`` or ``incomplete``.
+
+    A run is finished only if its ``status.json`` says so and its ``records.parquet`` can be read
+    (its footer and schema: a truncated file is caught without reading the data).
+    """
+    import pyarrow.parquet as pq
+
     try:
-        return json.loads(status.read_text()).get("state") == "finished"
-    except json.JSONDecodeError:
-        return False
+        status = json.loads((run_dir / "status.json").read_text())
+    except FileNotFoundError:
+        return "incomplete", "no status.json (the run never ended: killed or still running)"
+    except (OSError, ValueError) as error:
+        return "incomplete", f"status.json cannot be read ({type(error).__name__}: {error})"
+    state = status.get("state")
+    if state != "finished":
+        return str(state), status.get("error")
+    try:
+        pq.read_schema(run_dir / "records.parquet")
+    except (OSError, ValueError) as error:
+        return "incomplete", f"records.parquet cannot be read ({type(error).__name__}: {error})"
+    return "finished", None
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run whose status says finished and whose records can be read."""
+    return run_state(run_dir)[0] == "finished"
+
+
+def read_skipped(run_dir: Path) -> list[dict]:
+    """The images a run could not read (``skipped.json``), or none."""
+    path = run_dir / "skipped.json"
+    return json.loads(path.read_text()) if path.exists() else []

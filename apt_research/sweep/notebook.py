@@ -34,10 +34,12 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict, cwd: Path) 
 
 
 def start_run(sweep_dir: Path, run_id: str, params: dict) -> tuple[Path, dict]:
-    """Prepare a run's directory (``params.json``, ``provenance.json``, no stale status); returns it and a status."""
+    """Prepare a run's directory (``params.json``, ``provenance.json``, no stale status or skipped list);
+    returns it and a status."""
     run_dir = run_directory(sweep_dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "status.json").unlink(missing_ok=True)
+    for stale in ("status.json", "skipped.json"):
+        (run_dir / stale).unlink(missing_ok=True)
     write_json(run_dir / "params.json", params)
     write_json(run_dir / "provenance.json", provenance(params["device"]))
     return run_dir, {"run_id": run_id, "state": "running", "started": time.time()}

@@ -13,10 +13,11 @@ import seaborn as sns
 
 from .. import figures
 from .._io import atomic_path, write_atomic
-from .layout import is_finished
+from .layout import read_skipped, run_state
+from .parameters import PARAMETERS
 
-CONFIG_COLUMNS = ["resize", "image_size", "patch_size", "num_scales", "bins", "method", "method_options",
-                  "target_retention", "calibration", "thresholds"]
+SETTING_COLUMNS = ("target_retention", "thresholds")
+"""Per-record parameters: each threshold setting (or target retention) of a run is its own row."""
 MODELS = ("vit_s", "vit_b", "vit_l", "vit_h")
 
 
@@ -29,27 +30,68 @@ class Report:
 
 
 def load_records(sweep_dir) -> tuple[pd.DataFrame, list[dict]]:
-    """Records of every finished run, and the status of every run that did not finish."""
-    runs = sorted((Path(sweep_dir) / "runs").glob("*/"))
+    """Records of every finished run, and ``run_id``, ``state`` and ``error`` of every run that did not finish.
+
+    A run whose records cannot be read counts as not finished, with the cause; it never stops the report.
+    """
     tables, problems = [], []
-    for run_dir in runs:
-        if is_finished(run_dir):
-            tables.append(pd.read_parquet(run_dir / "records.parquet"))
-        else:
-            status_path = run_dir / "status.json"
-            status = json.loads(status_path.read_text()) if status_path.exists() else {"state": "incomplete"}
-            problems.append({"run_id": run_dir.name, **status})
+    for run_dir in sorted((Path(sweep_dir) / "runs").glob("*/")):
+        state, error = run_state(run_dir)
+        if state == "finished":
+            try:
+                tables.append(pd.read_parquet(run_dir / "records.parquet"))
+                continue
+            except (OSError, ValueError) as failure:
+                state, error = "incomplete", f"records.parquet cannot be read ({type(failure).__name__}: {failure})"
+        problems.append({"run_id": run_dir.name, "state": state, "error": error})
     records = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return records, problems
+
+
+def skipped_images(sweep_dir, run_ids) -> pd.DataFrame:
+    """The images that runs ``run_ids`` could not read: run, item and error."""
+    rows = [{"run_id": run, **entry} for run in run_ids
+            for entry in read_skipped(Path(sweep_dir) / "runs" / str(run))]
+    return pd.DataFrame(rows, columns=["run_id", "item", "error"])
 
 
 def _scale_sizes(records: pd.DataFrame) -> list[int]:
     return sorted(int(c.split("_")[1]) for c in records.columns if c.startswith("tokens_") and c[7:].isdigit())
 
 
+def varied_parameters(records: pd.DataFrame) -> list[str]:
+    """The parameters (besides the data set and the threshold setting) whose value differs between records."""
+    return [key for key in PARAMETERS if key in records and key not in ("dataset", *SETTING_COLUMNS)
+            and records[key].nunique(dropna=False) > 1]
+
+
+def config_columns(records: pd.DataFrame) -> list[str]:
+    """The columns that tell configurations apart: the data set, every varied parameter, the threshold setting.
+
+    Every table of the report starts with them and every figure facets on them, so two configurations
+    never share a row.
+    """
+    return ["dataset", *varied_parameters(records), *[c for c in SETTING_COLUMNS if c in records]]
+
+
+def fixed_parameters(records: pd.DataFrame) -> dict:
+    """The parameters that hold one value in every record (shown once above the tables)."""
+    return {key: records[key].iloc[0] for key in PARAMETERS
+            if key in records and key not in SETTING_COLUMNS and records[key].nunique(dropna=False) == 1}
+
+
+def configuration_label(records: pd.DataFrame) -> pd.Series:
+    """Each record's varied parameters as one label (``bins=256, num_scales=3``); ``all`` when none varies."""
+    varied = varied_parameters(records)
+    if not varied:
+        return pd.Series("all", index=records.index)
+    return records[varied].astype(str).apply(lambda row: ", ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+
+
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per data set x configuration: counts, retention spread, savings, scale mix, entropy, fidelity."""
-    keys = ["dataset"] + [c for c in CONFIG_COLUMNS if c in records.columns]
+    """One row per data set x configuration x threshold setting: counts, retention spread, savings, scale mix,
+    entropy, fidelity."""
+    keys = config_columns(records)
     records = records.copy()
     sizes = _scale_sizes(records)
     for size in sizes:
@@ -75,8 +117,6 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
     for column in records.columns:
         if column.startswith("measured_speedup_"):
             aggregations[column] = (column, "mean")
-    if "target_retention" not in records.columns:
-        keys = [k for k in keys if k not in ("target_retention", "calibration")]
     grouped = records.groupby(keys, dropna=False, sort=True)
     summary = grouped.agg(**aggregations)
     for model in MODELS:
@@ -95,7 +135,8 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     """The report's figures as PDF and PNG in ``out_dir``; returns their names."""
     figures.paper_style()
     made = []
-    records = records.assign(threshold=_threshold_axis(records))
+    records = records.assign(threshold=_threshold_axis(records), configuration=configuration_label(records))
+    summary = summary.assign(configuration=configuration_label(summary))
     order = sorted(records["dataset"].unique())
     palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
     hue = {"hue": "dataset", "hue_order": order, "palette": palette}
@@ -106,7 +147,7 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         made.append(name)
 
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.lineplot(data=records, x="threshold", y="retention", style="num_scales", marker="o", errorbar=("pi", 50),
+    sns.lineplot(data=records, x="threshold", y="retention", style="configuration", marker="o", errorbar=("pi", 50),
                  ax=ax, **hue)
     ax.set(xlabel="threshold (largest of the setting)", ylabel="retention (tokens / base grid)",
            title="line: mean over images, band: interquartile range")
@@ -121,8 +162,7 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     ax.set(ylabel="mean patch score per image (bits for entropy)", xlabel="patch size")
     save(figure, "entropy_distributions")
 
-    mix = summary.assign(setting=summary["dataset"] + " | " + summary["thresholds"].astype(str) + " | S="
-                         + summary["num_scales"].astype(str) + " | bins=" + summary["bins"].astype(str))
+    mix = summary.assign(setting=summary[config_columns(summary)].astype(str).agg(" | ".join, axis=1))
     mix_cols = [f"mix_{s}" for s in sizes if f"mix_{s}" in mix]
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN * 2, 0.25 * len(mix) + 1.0))
     mix.set_index("setting")[mix_cols].rename(columns=lambda c: c[4:] + " px").plot.barh(stacked=True, ax=ax, width=0.8)
@@ -131,7 +171,7 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
     save(figure, "scale_mix")
 
     figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.scatterplot(data=summary, x="retention_mean", y="psnr_mean", style="num_scales", ax=ax, **hue)
+    sns.scatterplot(data=summary, x="retention_mean", y="psnr_mean", style="configuration", ax=ax, **hue)
     for dataset, part in summary.sort_values("retention_mean").groupby("dataset"):
         ax.plot(part["retention_mean"], part["psnr_mean"], linewidth=0.6, alpha=0.6, color=palette[dataset])
     ax.set(xlabel="retention (mean)", ylabel="PSNR of reconstruction (dB)")
@@ -154,37 +194,101 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         save(figure, "speedup_vs_retention")
 
         figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-        sns.scatterplot(data=summary, x="speedup_pred_vit_b", y="psnr_mean", style="num_scales", ax=ax, **hue)
+        sns.scatterplot(data=summary, x="speedup_pred_vit_b", y="psnr_mean", style="configuration", ax=ax, **hue)
         ax.set(xlabel="predicted ViT-B speedup (cost model)", ylabel="PSNR of reconstruction (dB)")
         save(figure, "fidelity_vs_speedup")
 
-    for column, name in (("bins", "bins_ablation"), ("num_scales", "scales_ablation"), ("method", "scorers_ablation"),
-                         ("image_size", "resolutions_ablation")):
-        if column in records and records[column].nunique() > 1:
-            figure, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH_IN * 2, 2.4))
-            dodge = 0.3 if records["dataset"].nunique() > 1 else False
-            sns.pointplot(data=records, x=column, y="retention", errorbar=("pi", 50), dodge=dodge, ax=axes[0], **hue)
-            sns.pointplot(data=records, x=column, y="ssim", errorbar=("pi", 50), dodge=dodge, ax=axes[1], **hue)
-            axes[0].set(ylabel="retention (mean, interquartile bars)")
-            axes[1].set(ylabel="SSIM of reconstruction")
-            figure.tight_layout()
-            save(figure, name)
+    for column in varied_parameters(records):  # one panel per varied parameter: the ablation of that parameter
+        figure, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH_IN * 2, 2.4))
+        dodge = 0.3 if records["dataset"].nunique() > 1 else False
+        sns.pointplot(data=records, x=column, y="retention", errorbar=("pi", 50), dodge=dodge, ax=axes[0], **hue)
+        sns.pointplot(data=records, x=column, y="ssim", errorbar=("pi", 50), dodge=dodge, ax=axes[1], **hue)
+        axes[0].set(ylabel="retention (mean, interquartile bars)")
+        axes[1].set(ylabel="SSIM of reconstruction")
+        figure.tight_layout()
+        save(figure, f"{column}_ablation")
     return made
+
+
+FIGURES = ("retention_vs_threshold", "entropy_distributions", "scale_mix", "fidelity_vs_retention",
+           "speedup_vs_retention", "fidelity_vs_speedup", *(f"{key}_ablation" for key in PARAMETERS))
+"""Every figure ``make_figures`` can write: those not made this time are removed, so none is stale."""
 
 
 def _markdown_table(table: pd.DataFrame, floatfmt=".3f") -> str:
     return table.to_markdown(index=False, floatfmt=floatfmt)
 
 
+def _remove_stale(sweep_dir: Path, made: list[str]) -> None:
+    """Remove the summary (when nothing finished) and figures that an earlier report wrote and this one did not."""
+    if not made:
+        for name in ("summary.parquet", "summary.csv"):
+            (sweep_dir / name).unlink(missing_ok=True)
+    for name in set(FIGURES) - set(made):
+        for suffix in (".pdf", ".png"):
+            (sweep_dir / "figures" / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def report_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The report's tables by title; each starts with the columns that tell configurations apart."""
+    keys = config_columns(summary)
+    return {
+        "Token savings and fidelity per data set and configuration":
+            summary[keys + ["images", "retention_mean", "retention_p10", "retention_p90", "savings_mean", "psnr_mean",
+                            "ssim_mean"]],
+        "Token budgets and speed (cost model; measured where the spec asked)":
+            summary[keys + ["retention_mean", "psnr_mean", "ssim_mean"]
+                    + [c for c in summary if c.startswith(("speedup_pred_", "measured_"))]],
+        "Scale mix (share of tokens per patch size)": summary[keys + [c for c in summary if c.startswith("mix_")]],
+        "Entropy statistics (mean over images of each image's per-scale statistic)":
+            summary[[k for k in keys if k not in SETTING_COLUMNS]
+                    + [c for c in summary if c.startswith("score_")]].drop_duplicates(),
+    }
+
+
+def _results_markdown(sweep_dir: Path, records: pd.DataFrame, summary: pd.DataFrame, made: list[str]) -> list[str]:
+    fixed = ", ".join(f"{k}={v}" for k, v in fixed_parameters(records).items())
+    lines = [f"{len(records)} records from {records['run_id'].nunique()} finished run(s), "
+             f"{records['image'].nunique()} distinct images.", "", f"Fixed parameters: {fixed}.", ""]
+    for title, table in report_tables(summary).items():
+        lines += [f"## {title}", "", _markdown_table(table), ""]
+    lines += ["## Figures", ""]
+    lines += [f"![{name}](figures/{name}.png) ([PDF](figures/{name}.pdf))" for name in made]
+    lines.append("")
+    first_run = sweep_dir / "runs" / str(records["run_id"].iloc[0]) / "provenance.json"
+    if first_run.exists():
+        info = json.loads(first_run.read_text())
+        lines += ["## Provenance", "", f"git commit `{info.get('git_commit')}`, Python {info.get('python')}, "
+                  f"device {info.get('device')}, {info.get('platform')}", "",
+                  "packages: " + ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items()), ""]
+    skipped = skipped_images(sweep_dir, records["run_id"].unique())
+    if not skipped.empty:
+        lines += ["## Skipped images (could not be read)", "", _markdown_table(skipped), ""]
+    return lines
+
+
 def build_report(sweep_dir) -> Report:
-    """Write ``summary.parquet``, ``summary.csv``, ``report.md`` and ``figures/`` for a sweep directory."""
+    """Write ``summary.parquet``, ``summary.csv``, ``report.md`` and ``figures/`` for a sweep directory.
+
+    The one entry point of the report: a run that failed, or whose records cannot be read, is listed
+    with its cause; when no run finished, no earlier summary or figure is left beside the report.
+
+    Parameters
+    ----------
+    sweep_dir : path
+        A sweep directory (with ``runs/``).
+
+    Returns
+    -------
+    Report
+        Where ``report.md`` is, the records, the summary and the markdown text.
+    """
     sweep_dir = Path(sweep_dir)
     records, problems = load_records(sweep_dir)
     lines = [f"# Sweep report: {sweep_dir.name}", ""]
     if records.empty:
-        summary = pd.DataFrame()
-        lines += ["No finished run yet.", ""]
-        made = []
+        summary, made = pd.DataFrame(), []
+        lines += ["No run finished.", ""]
     else:
         summary = summarise(records)
         with atomic_path(sweep_dir / "summary.parquet") as temporary:
@@ -192,35 +296,11 @@ def build_report(sweep_dir) -> Report:
         with atomic_path(sweep_dir / "summary.csv") as temporary:
             summary.to_csv(temporary, index=False)
         made = make_figures(records, summary, sweep_dir / "figures")
-        shown = ["dataset", "image_size", "num_scales", "bins", "method", "thresholds", "images", "retention_mean",
-                 "retention_p10", "retention_p90", "savings_mean", "psnr_mean", "ssim_mean"]
-        lines += [f"{len(records)} records from {records['run_id'].nunique()} finished run(s), "
-                  f"{records['image'].nunique()} distinct images.", "",
-                  "## Token savings and fidelity per data set and configuration", "",
-                  _markdown_table(summary[[c for c in shown if c in summary]]), "",
-                  "## Token budgets and speed (cost model; measured where the spec asked)", "",
-                  _markdown_table(summary[[c for c in ["dataset", "target_retention", "calibration", "thresholds",
-                                                       "retention_mean", "psnr_mean", "ssim_mean"] if c in summary]
-                                          + [c for c in summary if c.startswith(("speedup_pred_", "measured_"))]],
-                                  floatfmt=".3f"), "",
-                  "## Scale mix (share of tokens per patch size)", "",
-                  _markdown_table(summary[["dataset", "num_scales", "thresholds"]
-                                          + [c for c in summary if c.startswith("mix_")]]), "",
-                  "## Entropy statistics (mean over images of each image's per-scale statistic)", "",
-                  _markdown_table(summary[["dataset", "num_scales", "bins"]
-                                          + [c for c in summary if c.startswith("score_")]].drop_duplicates()), "",
-                  "## Figures", ""]
-        lines += [f"![{name}](figures/{name}.png) ([PDF](figures/{name}.pdf))" for name in made]
-        lines.append("")
-        first_run = sweep_dir / "runs" / str(records["run_id"].iloc[0]) / "provenance.json"
-        if first_run.exists():
-            info = json.loads(first_run.read_text())
-            lines += ["## Provenance", "", f"git commit `{info.get('git_commit')}`, Python {info.get('python')}, "
-                      f"device {info.get('device')}, {info.get('platform')}", "",
-                      "packages: " + ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items()), ""]
+        lines += _results_markdown(sweep_dir, records, summary, made)
+    _remove_stale(sweep_dir, made)
     if problems:
         lines += ["## Runs that did not finish", ""]
-        lines += [f"- `{p['run_id']}`: {p.get('state')}: {str(p.get('error', '')).splitlines()[0] if p.get('error') else ''}"
+        lines += [f"- `{p['run_id']}`: {p['state']}: {str(p['error'] or '').splitlines()[0] if p['error'] else ''}"
                   for p in problems]
         lines.append("")
     markdown = "\n".join(lines)

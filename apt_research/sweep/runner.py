@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from .._io import write_atomic
 from .cluster import DaskExecutor
 from .executor import Executor, NotebookExecutor, Target, Task
-from .layout import is_finished, run_directory
+from .layout import is_finished, remove_partial_files, run_directory
 from .lock import DirectoryLock
 from .shards import clear_shards
 from .spec import Sweep
@@ -54,6 +54,7 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
             jobs = 1
         executor = NotebookExecutor(jobs)
     with DirectoryLock(sweep_dir):
+        remove_partial_files(sweep_dir)
         write_atomic(sweep_dir / "spec.yaml", yaml.safe_dump(
             {"name": sweep.name, "description": sweep.description, "source": str(sweep.path),
              "runs": [{"run_id": r["run_id"], **r["params"]} for r in sweep.runs]}, sort_keys=False))

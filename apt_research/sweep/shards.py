@@ -108,9 +108,9 @@ def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = ""
         One row per image per threshold setting, in image order, and the images that could not be read.
     """
     from .configuration import configuration_records
-    from .spec import check_params
+    from .parameters import validate_params
 
-    params = check_params(params, f"run {run or '(notebook)'}")
+    params = validate_params(params, f"run {run or '(notebook)'}")
     run_dir = Path(run_dir)
     if params["shard_size"] is None and not (run_dir / SHARDS).is_dir():
         return configuration_records(params, cache_dir, sweep, run)

@@ -1,0 +1,276 @@
+"""The sweep parameters, declared once.
+
+``Parameters`` (a pydantic model) gives each parameter its type, default, validator, one-line
+doc and whether it changes the importance maps (``maps=True``). From it derive: spec and
+notebook validation (``validate_params``), run ids (a hash of the validated parameters),
+cache keys (``MAP_KEYS``), the report's columns (every parameter that varies), the dry-run
+listing, and the README's parameter table (``parameter_table``).
+
+Relative folder paths (``dataset: photos/`` or ``dataset_options: {root: photos/}``) resolve
+against a base directory: the spec file's directory for a spec, the working directory otherwise.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ..calibration import STRATEGIES
+from ..datasets import DATASETS, RESIZE_POLICIES, load_dataset
+from ..scorers import SCORERS, scorer_options
+from ..vit import VIT_CONFIGS
+
+Threshold = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _field(default, doc: str, maps: bool = False, **constraints):
+    return Field(default, description=doc, json_schema_extra={"maps": maps}, **constraints)
+
+
+class Parameters(BaseModel):
+    """One configuration of a sweep run, validated."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+    dataset: str = _field("skimage", "`skimage`, `synthetic`, `folder` or a folder of images", maps=True)
+    dataset_options: dict[str, Any] = _field({}, "keyword options of the data set (e.g. `names`, `count`, `seed`, `root`)",
+                                             maps=True)
+    resize: Literal[RESIZE_POLICIES] = _field("center_crop", "resize policy", maps=True)
+    image_size: int = _field(224, "side the images are resized to, in pixels", maps=True, ge=1)
+    patch_size: int = _field(16, "base (smallest) patch size, in pixels", maps=True, ge=1)
+    num_scales: int = _field(3, "number of patch sizes (base, 2x base, ...)", maps=True, ge=1)
+    bins: int = _field(512, "histogram bins of the entropy scorer", maps=True, ge=2)
+    method: str = _field("entropy", "scorer of the importance maps (a registered scorer)", maps=True)
+    method_options: dict[str, Any] = _field({}, "keyword options of the scorer", maps=True)
+    thresholds: Union[list[Threshold], list[list[Threshold]]] = _field(
+        [[5.75, 4.0]], "one threshold setting (`num_scales - 1` numbers) or a list of settings")
+    target_retention: Union[float, list[float], None] = _field(
+        None, "instead of thresholds: retention(s) in (0, 1] to calibrate thresholds for")
+    calibration: Literal[STRATEGIES] = _field("shared", "how thresholds are calibrated to a target retention")
+    measure_speed: list[str] = _field([], "ViT models timed on packed and uniform tokens")
+    limit: Union[Annotated[int, Field(ge=1)], None] = _field(None, "use only the first `limit` images", maps=True)
+    shard_size: Union[Annotated[int, Field(ge=1)], None] = _field(
+        None, "images per shard: a configuration is computed, kept and resumed shard by shard (one Dask task "
+        "each with `--scheduler`); the records are the same")
+    batch_size: int = _field(16, "images scored at once", ge=1)
+    device: str = _field("cpu", "torch device of the scoring (`cpu`, `cuda`, `cuda:1`)")
+
+    @field_validator("thresholds", "dataset_options", "method_options", "measure_speed", mode="before")
+    @classmethod
+    def _tuples_as_lists(cls, value):
+        return list(value) if isinstance(value, tuple) else value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str, info: ValidationInfo) -> str:
+        if value in DATASETS:
+            return value
+        folder = _resolve(value, info)
+        if not folder.is_dir():
+            raise ValueError(f"expects one of {sorted(DATASETS)} or an existing folder, got {value!r}"
+                             + (f" (resolved to {str(folder)!r})" if str(folder) != value else ""))
+        return str(folder)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in SCORERS:
+            raise ValueError(f"expects a registered scorer {sorted(SCORERS)}, got {value!r}")
+        return value
+
+    @field_validator("target_retention")
+    @classmethod
+    def _targets(cls, value):
+        for target in value if isinstance(value, list) else [] if value is None else [value]:
+            if not 0 < target <= 1:
+                raise ValueError(f"expects numbers in (0, 1], got {target!r}")
+        return value
+
+    @field_validator("measure_speed")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        for model in value:
+            if model not in VIT_CONFIGS:
+                raise ValueError(f"expects models among {sorted(VIT_CONFIGS)}, got {model!r}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        try:
+            device = torch.device(value)
+        except RuntimeError as error:
+            raise ValueError(f"expects a torch device (cpu, cuda, cuda:1), got {value!r}") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"is {value!r}, but this machine has no CUDA device")
+        return value
+
+    @model_validator(mode="after")
+    def _together(self, info: ValidationInfo):
+        self._check_options()
+        self._check_dataset_options(info)
+        if self.shard_size is not None and (self.target_retention is not None or self.measure_speed):
+            raise ValueError("key 'shard_size' needs fixed thresholds and no measure_speed (calibration and speed "
+                             "measurements use all of a configuration's images at once)")
+        if self.target_retention is None:
+            self.thresholds = _threshold_settings(self.thresholds, self.num_scales)
+            return self
+        if "thresholds" in self.model_fields_set and self.thresholds:
+            raise ValueError("keys 'thresholds' and 'target_retention' exclude each other: give one")
+        if self.num_scales < 2:
+            raise ValueError(f"key 'target_retention' needs num_scales >= 2, got {self.num_scales}")
+        targets = self.target_retention if isinstance(self.target_retention, list) else [self.target_retention]
+        self.target_retention = [float(t) for t in targets]
+        self.thresholds = []
+        return self
+
+    def _check_options(self) -> None:
+        unknown = sorted(set(self.method_options) - (set(scorer_options(self.method)) - {"bins"}))
+        if unknown:
+            raise ValueError(f"key 'method_options' has unknown option(s) {unknown} for method {self.method!r} "
+                             f"(known: {sorted(set(scorer_options(self.method)) - {'bins'})})")
+
+    def _check_dataset_options(self, info: ValidationInfo) -> None:
+        """The data set is built as a run builds it, so bad options fail here, not in the run."""
+        if self.dataset not in DATASETS:
+            if self.dataset_options:
+                raise ValueError(f"key 'dataset_options' expects no options for a folder data set, "
+                                 f"got {self.dataset_options!r}")
+            return
+        loader = DATASETS[self.dataset]
+        try:
+            inspect.signature(loader).bind(**self.dataset_options)
+        except TypeError as error:
+            raise ValueError(f"key 'dataset_options' does not fit data set {self.dataset!r}: {error} "
+                             f"(options: {list(inspect.signature(loader).parameters)})") from None
+        if "root" in self.dataset_options:
+            self.dataset_options = {**self.dataset_options,
+                                    "root": str(_resolve(str(self.dataset_options["root"]), info))}
+        try:
+            load_dataset(self.dataset, **self.dataset_options)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"key 'dataset_options' {self.dataset_options!r} fails for data set "
+                             f"{self.dataset!r}: {error}") from None
+
+
+def _resolve(path: str, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base")
+    folder = Path(path).expanduser()
+    if not folder.is_absolute() and base is not None:
+        folder = Path(base) / folder
+    return folder.resolve() if folder.exists() else folder
+
+
+def _threshold_settings(value: list, num_scales: int) -> list[list[float]]:
+    settings = value if value and all(isinstance(v, list) for v in value) else [value]
+    for setting in settings:
+        if len(setting) != num_scales - 1:
+            raise ValueError(f"key 'thresholds' needs num_scales - 1 = {num_scales - 1} numbers per setting, "
+                             f"got {setting!r}")
+    return [[float(v) for v in setting] for setting in settings]
+
+
+PARAMETERS: dict[str, Any] = {name: field.default for name, field in Parameters.model_fields.items()}
+"""Every parameter and its default, in declaration order."""
+
+MAP_KEYS: tuple[str, ...] = tuple(name for name, field in Parameters.model_fields.items()
+                                  if field.json_schema_extra["maps"])
+"""The parameters the importance maps depend on (``bins`` only for the entropy scorer)."""
+
+
+class ParameterError(ValueError):
+    """A configuration that does not validate; the message names the key, the value and what was expected."""
+
+
+def closest(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or an empty string."""
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def unknown_key(name: str, where: str = "") -> str:
+    """The message for a key that is not a parameter, naming the closest parameter."""
+    return f"unknown key '{where}{name}'{closest(name, PARAMETERS)} (known: {', '.join(PARAMETERS)})"
+
+
+def _expects(annotation) -> str:
+    """A type annotation in words: ``int``, ``one of 'a', 'b'``, ``list of number or null``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _expects(args[0])
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is Union:
+        return " or ".join(_expects(a) for a in args)
+    if origin is list:
+        return f"list of {_expects(args[0])}" if args else "list"
+    if annotation is type(None):
+        return "null"
+    return {float: "number", dict: "mapping"}.get(origin or annotation, getattr(origin or annotation, "__name__", str(annotation)))
+
+
+def _message(error: dict) -> str:
+    key = str(error["loc"][0]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden":
+        return unknown_key(key)
+    text = str(error["ctx"]["error"]) if error["type"] == "value_error" else None
+    if not key:
+        return text or error["msg"]
+    if text is not None:
+        return f"key '{key}' {text}"
+    expected = _expects(Parameters.model_fields[key].annotation)
+    return f"key '{key}' expects {expected}, got {error['input']!r} ({error['msg'][0].lower()}{error['msg'][1:]})"
+
+
+def validate_params(params: dict, where: str, base=None) -> dict:
+    """Check one configuration; returns it with defaults filled and thresholds normalised.
+
+    Parameters
+    ----------
+    params : dict
+        Parameter name -> value; missing parameters take their defaults.
+    where : str
+        Prefix of the error message (the spec file and the run).
+    base : path, optional
+        What relative folder paths resolve against (the working directory when ``None``).
+
+    Returns
+    -------
+    dict
+        Every parameter, validated.
+
+    Raises
+    ------
+    ParameterError
+        Naming ``where``, the key, the value and what was expected.
+
+    Examples
+    --------
+    >>> validate_params({"num_scales": 2, "thresholds": [5.5]}, "example")["thresholds"]
+    [[5.5]]
+    >>> validate_params({"num_scale": 2}, "example")
+    Traceback (most recent call last):
+    ...
+    apt_research.sweep.parameters.ParameterError: example: unknown key 'num_scale' (did you mean 'num_scales'?) ...
+    """
+    try:
+        model = Parameters.model_validate(params, context={"base": base})
+    except ValidationError as error:
+        raise ParameterError(f"{where}: {_message(error.errors()[0])}") from None
+    return model.model_dump()
+
+
+def parameter_table() -> str:
+    """The parameters as a markdown table (name, default, changes the maps, doc), as the README shows it."""
+    lines = ["| parameter | default | changes the maps | meaning |", "|---|---|---|---|"]
+    for name, field in Parameters.model_fields.items():
+        default = "none" if field.default is None else f"`{field.default}`"
+        maps = "yes" if field.json_schema_extra["maps"] else "no"
+        lines.append(f"| `{name}` | {default} | {maps} | {field.description} |")
+    return "\n".join(lines)
+
