@@ -27,6 +27,7 @@ from pathlib import Path
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from apt_research.analysis import entropy_statistics, fidelity, reconstruct, token_record  # noqa: E402
@@ -36,7 +37,7 @@ from apt_research.scorers import compute_importance_maps  # noqa: E402
 from apt_research.selection import select_patches_by_threshold  # noqa: E402
 from apt_research.sweep.cluster import shard_task  # noqa: E402
 from apt_research.sweep.shards import plan  # noqa: E402
-from apt_research.sweep.spec import check_params  # noqa: E402
+from apt_research.sweep.parameters import validate_params  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("decode", "resize", "maps", "selection", "records", "reconstruction_ssim")
@@ -85,8 +86,9 @@ def stage_costs(folder: Path, params: dict) -> dict[str, float]:
     return {stage: total / len(source.items) for stage, total in totals.items()}
 
 
-def cluster_throughput(params: dict, workers: int) -> dict:
-    """Images per second of the configuration's shards on ``workers`` single-thread worker processes."""
+def cluster_throughput(params: dict, workers: int, repeats: int = 3) -> dict:
+    """Images per second of the configuration's shards on ``workers`` single-thread worker processes (best of
+    ``repeats``), the scheduler's overhead per task there, and the records' bytes per row in memory."""
     from distributed import Client, LocalCluster, wait
 
     shards = plan(params)
@@ -95,13 +97,26 @@ def cluster_throughput(params: dict, workers: int) -> dict:
         warm = [client.submit(shard_task, params, shards[0], "bench", "warm", pure=False,
                               workers=[address]) for address in client.scheduler_info()["workers"]]
         wait(warm)  # imports and kernel compilation on every worker, outside the timing
-        start = time.perf_counter()
-        futures = [client.submit(shard_task, params, shard, "bench", "run", pure=False) for shard in shards]
-        images = sum(len(future.result()[0]) for future in futures) // len(params["thresholds"])
-        seconds = time.perf_counter() - start
+        seconds, cpu_before = [], sum(client.run(cpu_seconds).values())
+        for _ in range(repeats):
+            start = time.perf_counter()
+            futures = [client.submit(shard_task, params, shard, "bench", "run", pure=False) for shard in shards]
+            records = pd.concat([future.result()[0] for future in futures])
+            seconds.append(time.perf_counter() - start)
+        cpu = sum(client.run(cpu_seconds).values()) - cpu_before
+        images = len(records) // len(params["thresholds"])
         overhead = scheduler_overhead(client)
-    return {"workers": workers, "images": images, "shards": len(shards), "seconds": seconds,
-            "images_per_s": images / seconds, "scheduler_s_per_task": overhead}
+    return {"workers": workers, "images": images, "shards": len(shards), "seconds": min(seconds),
+            "images_per_s": images / min(seconds), "cpu_s_per_image": cpu / (images * repeats),
+            "scheduler_s_per_task": overhead,
+            "record_bytes": records.memory_usage(deep=True).sum() / len(records)}
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used: run on each worker by ``Client.run``."""
+    import psutil
+
+    return sum(psutil.Process().cpu_times()[:2])
 
 
 def scheduler_overhead(client, tasks: int = 2000) -> float:
@@ -114,7 +129,7 @@ def scheduler_overhead(client, tasks: int = 2000) -> float:
 
 
 def projection(per_image_s: float, scheduler_s: float, shard_size: int) -> list[dict]:
-    """Hours for each data set on each worker count: compute, scheduler and storage bounds.
+    """Minutes for each data set on each worker count: compute, scheduler and storage bounds.
 
     compute: ``images * per_image_s / workers``; scheduler: tasks (``images / shard_size``) times the
     measured seconds per task (one scheduler serves them one after another); storage: the JPEG bytes
@@ -127,9 +142,9 @@ def projection(per_image_s: float, scheduler_s: float, shard_size: int) -> list[
             scheduler = images / shard_size * scheduler_s
             storage = images * JPEG_KB * 1e3 / min(workers * 100e6, 2e9)
             bound = max(("compute", compute), ("scheduler", scheduler), ("storage", storage), key=lambda x: x[1])
-            rows.append({"data set": name, "workers": workers, "compute_h": compute / 3600,
-                         "scheduler_h": scheduler / 3600, "storage_h": storage / 3600, "bound": bound[0],
-                         "estimate_h": bound[1] / 3600})
+            rows.append({"data set": name, "workers": workers, "compute_min": compute / 60,
+                         "scheduler_min": scheduler / 60, "storage_min": storage / 60, "bound": bound[0],
+                         "estimate_min": bound[1] / 60})
     return rows
 
 
@@ -141,16 +156,22 @@ def markdown(result: dict) -> str:
              "| stage | ms / image | share |", "|---|---:|---:|"]
     lines += [f"| {stage} | {1e3 * cost:.2f} | {cost / total:.0%} |" for stage, cost in costs.items()]
     lines += [f"| **total** | **{1e3 * total:.2f}** | |", "",
-              "| workers | images | shards | seconds | images/s | scheduler ms/task |", "|---:|---:|---:|---:|---:|---:|"]
+              "| workers | images | shards | seconds (best of 3) | images/s | worker CPU ms / image | scheduler ms/task |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['workers']} | {r['images']} | {r['shards']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | "
-              f"{1e3 * r['scheduler_s_per_task']:.2f} |" for r in runs]
+              f"{1e3 * r['cpu_s_per_image']:.1f} | {1e3 * r['scheduler_s_per_task']:.2f} |" for r in runs]
     lines += ["", f"Two workers vs one: {runs[1]['images_per_s'] / runs[0]['images_per_s']:.2f}x. Projection: "
-              f"{1e3 * result['per_image_s_one_worker']:.1f} ms per image per worker (one worker, end to end), "
+              f"{1e3 * result['per_image_s_one_worker']:.1f} CPU ms per image (one worker, end to end; a worker is one core), "
               f"shards of {result['projection_shard_size']} images.", "",
-              "| data set | workers | compute h | scheduler h | storage h | bound | estimate h |",
+              "| data set | workers | compute min | scheduler min | storage min | bound | estimate min |",
               "|---|---:|---:|---:|---:|---|---:|"]
-    lines += [f"| {r['data set']} | {r['workers']} | {r['compute_h']:.2f} | {r['scheduler_h']:.3f} | "
-              f"{r['storage_h']:.3f} | {r['bound']} | {r['estimate_h']:.2f} |" for r in result["projection"]]
+    lines += [f"| {r['data set']} | {r['workers']} | {r['compute_min']:.1f} | {r['scheduler_min']:.2f} | "
+              f"{r['storage_min']:.2f} | {r['bound']} | {r['estimate_min']:.1f} |" for r in result["projection"]]
+    scheduler = max(r["scheduler_s_per_task"] for r in runs)
+    lines += ["", f"Scheduler: {1e3 * scheduler:.1f} ms per task measured, so one image per task would cost "
+              f"{1.281e6 * scheduler / 60:.0f} min of scheduler time for ImageNet-1k train whatever the worker count. "
+              f"Records: {runs[0]['record_bytes']:.0f} bytes per row in memory, "
+              f"{1.281e6 * runs[0]['record_bytes'] / 1e6:.0f} MB per threshold setting of train sent to the client."]
     return "\n".join(lines)
 
 
@@ -163,11 +184,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = jpeg_folder(Path(scratch), args.images)
-        params = check_params({"dataset": str(folder), "image_size": 224, "num_scales": 3, "bins": 512,
+        params = validate_params({"dataset": str(folder), "image_size": 224, "num_scales": 3, "bins": 512,
                                "thresholds": [[5.75, 4.0]], "shard_size": args.shard_size}, "benchmark")
         costs = stage_costs(folder, params)
         runs = [cluster_throughput(params, workers) for workers in (1, 2)]
-    per_image = 1 / runs[0]["images_per_s"]  # one worker, end to end, as a task computes it
+    per_image = runs[0]["cpu_s_per_image"]  # core-seconds: what a worker of its own core would take
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
                          f"{os.getloadavg()[0]:.1f} at the end",
               "images": args.images, "shard_size": args.shard_size, "stage_s_per_image": costs,

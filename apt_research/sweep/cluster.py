@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from pathlib import Path
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds ``connect`` waits for a scheduler to answer."""
@@ -111,8 +112,6 @@ def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache
     The maps cache is used only where the worker sees the sweep's cache directory (a shared file
     system); otherwise the shard is computed without one. Nothing else is written on the worker.
     """
-    from pathlib import Path
-
     from .configuration import configuration_records
 
     cache = cache_dir if cache_dir and Path(cache_dir).is_dir() else None
@@ -146,6 +145,7 @@ class DaskExecutor:
         def assemble(task):
             return execute_run(task.run_id, task.params, target.sweep_dir, target.sweep_name, target.cache_dir)
 
+        Path(target.cache_dir).mkdir(parents=True, exist_ok=True)  # workers that share this disk cache maps there
         shards_left, owners, ready = {}, {}, []
         for task in tasks:
             run_dir = run_directory(target.sweep_dir, task.run_id)
