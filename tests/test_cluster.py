@@ -219,6 +219,36 @@ def test_bad_shard_size_is_refused(extra, message):
         load_spec(spec, "bad")
 
 
+def test_failed_shard_fails_its_run_only_and_stale_shards_are_dropped(sharded_spec, tmp_path, monkeypatch):
+    """In-process workers (they see this test's patch): one shard raises; a shard left by an earlier sweep is
+    not reused without --resume."""
+    from distributed import Client, LocalCluster
+
+    from apt_research.sweep import configuration
+
+    sweep = load_spec(sharded_spec)
+    failing, healthy = (run["run_id"] for run in sweep.runs)
+    stale = tmp_path / "out" / "runs" / healthy / "shards" / "000000000-000000001.parquet"
+    stale.parent.mkdir(parents=True)
+    pd.DataFrame({"image": ["from an earlier sweep"]}).to_parquet(stale)
+    records = configuration.configuration_records
+
+    def configuration_records(params, cache_dir=None, sweep="", run="", shard=None):
+        if run == failing and shard == (1, 2):
+            raise RuntimeError("unreadable shard")
+        return records(params, cache_dir, sweep, run, shard)
+
+    monkeypatch.setattr(configuration, "configuration_records", configuration_records)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        statuses = {s["run_id"]: s for s in run_sweep(sweep, tmp_path / "out", client=client, progress=False)}
+    assert statuses[healthy]["state"] == "finished"
+    assert statuses[failing]["state"] == "failed" and "unreadable shard" in statuses[failing]["error"]
+    status = json.loads((tmp_path / "out" / "runs" / failing / "status.json").read_text())
+    assert status["state"] == "failed" and "RuntimeError: unreadable shard" in status["traceback"]
+    assert list(pd.read_parquet(stale)["image"]) == ["astronaut", "astronaut"]  # computed afresh
+
+
 def test_cluster_sweep_matches_the_local_summary(cluster, sharded_spec, local_summary, tmp_path):
     out = tmp_path / "cluster"
     assert main(["sweep", str(sharded_spec), "--out", str(out), "--scheduler", cluster.address]) == 0
