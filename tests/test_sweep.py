@@ -162,3 +162,29 @@ def test_explore_and_report_notebooks_execute(smoke_dir, tmp_path):
                                cwd=str(ROOT))
     executed = json.loads((tmp_path / "explore.ipynb").read_text())
     assert any(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", []))
+
+
+def test_the_console_shows_progress_failures_and_each_warning_once(tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photos / "red.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    spec = tmp_path / "console.yaml"
+    spec.write_text(yaml.safe_dump({"name": "console", "fixed": {"dataset": "photos", "image_size": 32,
+                                                                 "num_scales": 2, "thresholds": [[5.0]]},
+                                    "zip": {"bins": [64, 128, 32], "device": ["cpu", "cpu", "meta"]}}))
+    temporary = tmp_path / "tmp"  # where the kernels' IPC sockets go
+    temporary.mkdir()
+    result = subprocess.run([sys.executable, "-m", "apt_research.cli", "sweep", str(spec), "--out",
+                             str(tmp_path / "out"), "--jobs", "2"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TMPDIR": str(temporary)})
+    assert result.returncode == 1
+    console = (result.stdout + result.stderr).replace("\r", "\n")
+    for noise in ("without encryption", "KeyboardInterrupt", "ResourceWarning", "[IPKernelApp]", "Traceback"):
+        assert noise not in console, noise
+    assert console.count("skipped unreadable image") == 1
+    assert len([line for line in console.splitlines() if " failed: " in line]) == 1
+    assert result.stdout.splitlines()[-1] == f"report: {tmp_path / 'out' / 'report.md'}"
+    assert not list(temporary.glob("apt-kernel-*"))

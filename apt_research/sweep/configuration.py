@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .layout import write_records
+from .layout import write_json, write_records
 from .maps import maps_for
 from .parameters import PARAMETERS, ParameterError, closest, validate_params
 from .records import image_columns, threshold_records
@@ -105,9 +106,20 @@ def notebook_parameters(namespace: dict) -> dict:
 
 
 def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
-    """The run notebook's one call: check the parameters among its variables and run the configuration."""
+    """The run notebook's one call: check the parameters among its variables and run the configuration.
+
+    The warnings the run issues are shown in the notebook and kept in ``warnings.json`` beside the records,
+    so that a sweep can show each of them once on its console.
+    """
     output_dir = Path(namespace["output_dir"])
     params = notebook_parameters(namespace)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return run_configuration(params, output_dir, namespace.get("cache_dir"), namespace.get("sweep", ""),
-                             namespace.get("run_id", ""))
+    with warnings.catch_warnings(record=True) as caught:
+        table = run_configuration(params, output_dir, namespace.get("cache_dir"), namespace.get("sweep", ""),
+                                  namespace.get("run_id", ""))
+    if caught:
+        write_json(output_dir / "warnings.json", list(dict.fromkeys(f"{w.category.__name__}: {w.message}"
+                                                                   for w in caught)))
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return table

@@ -6,6 +6,7 @@ Layout of a sweep directory::
     results/<sweep>/runs/<run_id>/run.ipynb   the executed notebook (the record of the run)
                                   records.parquet  one row per image per threshold setting
                                   skipped.json     images that could not be read (if any)
+                                  warnings.json    the warnings the run issued (if any)
                                   params.json      the configuration
                                   provenance.json  packages, git commit, device, times
                                   status.json      state, timing, and the traceback on failure
@@ -89,6 +90,12 @@ def run_state(run_dir: Path) -> tuple[str, str | None]:
 def is_finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run whose status says finished and whose records can be read."""
     return run_state(run_dir)[0] == "finished"
+
+
+def read_warnings(run_dir: Path) -> list[str]:
+    """The warnings a run issued (``warnings.json``), or none."""
+    path = run_dir / "warnings.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def read_skipped(run_dir: Path) -> list[dict]:

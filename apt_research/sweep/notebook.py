@@ -1,36 +1,79 @@
-"""A run executed as the run notebook through papermill (the executed notebook is the run's record)."""
+"""A run executed as the run notebook through papermill (the executed notebook is the run's record).
+
+Kernels talk over IPC sockets in a directory of their own (no TCP port to race for when runs start
+in parallel, and no warning about unencrypted TCP), log only critical problems (a kernel shut down
+by its manager is sent SIGINT and would log ``KeyboardInterrupt caught in kernel``), and the event
+loop papermill's client leaves in each worker thread is closed. A run's own warnings are recorded
+in the run (``warnings.json``) and reach the console once, through ``runner``.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
 from .._io import atomic_path
-from .layout import run_directory, write_json
+from .layout import read_warnings, run_directory, write_json
 from .provenance import PACKAGE_ROOT, provenance
 
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run.ipynb"
 KERNEL_START_TRIES = 4
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel listens on IPC sockets in a temporary directory, removed at shutdown."""
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc"
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        return str(Path(tempfile.mkdtemp(prefix="apt-kernel-")) / "kernel")
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if not restart:
+            shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+
+
+def _close_thread_event_loop() -> None:
+    """Close the event loop jupyter_core's ``run_sync`` keeps for this thread (else: ResourceWarning at exit)."""
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop()
+    if not loop.is_running():
+        loop.close()
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
-    """papermill, retrying a kernel start that loses the port race of parallel launches."""
+    """papermill on an IPC kernel, retrying a kernel start that fails (a dead kernel at start)."""
     import papermill
 
-    for attempt in range(KERNEL_START_TRIES):
-        try:
-            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, progress_bar=False,
-                                       cwd=str(cwd), kernel_name="python3", log_output=False)
-            return
-        except papermill.PapermillExecutionError:
-            raise
-        except Exception as error:  # kernel start failures (ZMQError: Address already in use, dead kernel)
-            text = f"{type(error).__name__}: {error}"
-            retryable = "Address already in use" in text or "Kernel died" in text or "ZMQError" in text
-            if not retryable or attempt == KERNEL_START_TRIES - 1:
+    try:
+        for attempt in range(KERNEL_START_TRIES):
+            try:
+                papermill.execute_notebook(str(notebook), str(output), parameters=parameters, progress_bar=False,
+                                           cwd=str(cwd), kernel_name="python3", log_output=False,
+                                           kernel_manager_class=IPCKernelManager, extra_arguments=KERNEL_ARGUMENTS)
+                return
+            except papermill.PapermillExecutionError:
                 raise
-            time.sleep(0.5 * (attempt + 1))
+            except Exception as error:  # kernel start failures (dead kernel, ZMQError)
+                text = f"{type(error).__name__}: {error}"
+                retryable = "Address already in use" in text or "Kernel died" in text or "ZMQError" in text
+                if not retryable or attempt == KERNEL_START_TRIES - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    finally:
+        _close_thread_event_loop()
 
 
 def start_run(sweep_dir: Path, run_id: str, params: dict) -> tuple[Path, dict]:
@@ -38,7 +81,7 @@ def start_run(sweep_dir: Path, run_id: str, params: dict) -> tuple[Path, dict]:
     returns it and a status."""
     run_dir = run_directory(sweep_dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("status.json", "skipped.json"):
+    for stale in ("status.json", "skipped.json", "warnings.json"):
         (run_dir / stale).unlink(missing_ok=True)
     write_json(run_dir / "params.json", params)
     write_json(run_dir / "provenance.json", provenance(params["device"]))
@@ -72,4 +115,5 @@ def execute_run(run_id: str, params: dict, sweep_dir: Path, sweep_name: str, cac
                 raise RuntimeError("the run notebook finished without writing records.parquet")
         except Exception as error:
             failure = error
+    status["warnings"] = read_warnings(run_dir)
     return end_run(run_dir, status, failure)

@@ -19,6 +19,9 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
               progress: bool = True, executor: Executor | None = None, client=None) -> list[dict]:
     """Run every configuration of ``sweep`` into ``out_dir``; returns their statuses.
 
+    The console shows a progress bar, one line per failed run, and each distinct warning the runs
+    issued, once.
+
     Parameters
     ----------
     sweep : Sweep
@@ -70,9 +73,13 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
         target = Target(sweep_dir, sweep.name, sweep_dir / "cache")
         with tqdm(total=len(sweep.runs), initial=len(statuses), desc=f"sweep {sweep.name}",
                   disable=not progress) as bar:
+            shown = set()
             for status in executor.execute(todo, target):
                 statuses.append(status)
                 bar.update(1)
                 if status["state"] == "failed":
                     tqdm.write(f"run {status['run_id']} failed: {status['error'].splitlines()[0][:200]}")
+                for message in set(status.get("warnings", [])) - shown:
+                    shown.add(message)
+                    tqdm.write(f"run {status['run_id']}: {message}")
     return statuses
