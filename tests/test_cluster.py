@@ -268,17 +268,20 @@ def test_client_killed_then_resumed(cluster, sharded_spec, local_summary, tmp_pa
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("runs/*/shards/*.parquet")):
+        while not list(out.glob("runs/*/shards/[0-9]*.parquet")):
             assert time.monotonic() < deadline and process.poll() is None, "no shard was written"
             time.sleep(0.05)
     finally:
         _end(process)
-    kept = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/shards/*.parquet")}
+    kept = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/shards/[0-9]*.parquet")}
     assert kept and not (out / "summary.parquet").exists()
+    partial = next(iter(kept)).parent / ".000000001-000000002.parquet.tmp-12345.parquet"  # as a kill mid-write leaves it
+    partial.write_bytes(b"half a shard")
     with connect(cluster.address) as client:
         statuses = run_sweep(load_spec(sharded_spec), out, resume=True, client=client, progress=False)
     assert [s["state"] for s in statuses] == ["finished", "finished"]
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())  # not computed again
+    assert not partial.exists()
     assert_same_summary(summary_of(out), local_summary)
 
 
