@@ -53,11 +53,10 @@ def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
         address, or when client, scheduler and workers run different package versions.
     """
     from distributed import Client
+    from distributed.comm.addressing import parse_address, parse_host_port
 
     if timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    from distributed.comm.addressing import parse_address, parse_host_port
-
     try:
         scheme, location = parse_address(address)
         if scheme in ("tcp", "tls"):
@@ -128,10 +127,16 @@ class DaskExecutor:
     Parameters
     ----------
     client : distributed.Client
-        Connected to the cluster (``connect``).
+        Connected to the cluster (``connect``, or ``Client(cluster)`` of a ``dask_jobqueue`` cluster).
+
+    Raises
+    ------
+    ClusterError
+        When the client and the workers that have joined run different package versions.
     """
 
     def __init__(self, client):
+        check_versions(client)
         self.client = client
 
     def execute(self, tasks, target):

@@ -93,7 +93,7 @@ def cmd_sweep(args) -> int:
     print(f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}" + (f" on {args.scheduler}" if client else ""))
     try:
         statuses = run_sweep(sweep, out, jobs=jobs, resume=args.resume, device=device, client=client)
-    except SweepLocked as error:
+    except (SweepLocked, ClusterError) as error:
         raise UsageError(str(error)) from error
     finally:
         if client is not None:
