@@ -156,6 +156,12 @@ def test_unreachable_scheduler_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_jobs_with_scheduler_is_refused(tmp_path, capsys):
+    assert main(["sweep", str(SMOKE), "--out", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:1",
+                 "--jobs", "2"]) == 2
+    assert "--jobs 2" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("address", ["10.0.0.5", "tcp://127.0.0.1:port"])
 def test_malformed_scheduler_address_is_refused(address):
     with pytest.raises(ClusterError, match="expected a scheduler address"):

@@ -50,6 +50,8 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
 
     sweep_dir = Path(out_dir).resolve()
     if client is not None:
+        if executor is not None:
+            raise ValueError(f"run_sweep: give executor or client, not both (got executor={executor!r})")
         executor = DaskExecutor(client)
     if executor is None:
         if jobs > 1 and any(run["params"]["measure_speed"] for run in sweep.runs):
