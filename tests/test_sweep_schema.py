@@ -85,10 +85,12 @@ def test_a_typo_in_a_notebook_parameter_fails_naming_the_parameter(tmp_path):
 
 
 @pytest.mark.parametrize("fixed,message", [
-    ({"dataset": "skimage", "dataset_options": {"nmes": ["coins"]}}, "key 'dataset_options' does not fit data set 'skimage'"),
+    ({"dataset": "skimage", "dataset_options": {"nmes": ["coins"]}},
+     "key 'dataset_options' does not fit data set 'skimage'"),
     ({"dataset": "skimage", "dataset_options": {"names": ["nope"]}}, "got unknown ['nope']"),
     ({"dataset": "synthetic", "dataset_options": {"kinds": ["plaid"]}}, "fails for data set 'synthetic'"),
-    ({"method": "laplacian", "method_options": {"agregate": "mean"}}, "key 'method_options' has unknown option(s) ['agregate']"),
+    ({"method": "laplacian", "method_options": {"agregate": "mean"}},
+     "key 'method_options' has unknown option(s) ['agregate']"),
     ({"device": "bogus"}, "key 'device' expects a torch device"),
     ({"num_scales": 2, "thresholds": [float("nan")]}, "key 'thresholds' expects list of number"),
     ({"dataset": "no/such/folder"}, "or an existing folder, got 'no/such/folder'"),
@@ -112,7 +114,8 @@ def test_relative_folders_resolve_against_the_spec_files_directory(tmp_path, mon
     Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "photos" / "a.png")
     (tmp_path / "specs").mkdir()
     spec = tmp_path / "specs" / "mine.yaml"
-    spec.write_text(yaml.safe_dump({"name": "mine", "fixed": {"dataset": "folder", "dataset_options": {"root": "../photos"}}}))
+    spec.write_text(yaml.safe_dump({"name": "mine", "fixed": {"dataset": "folder",
+                                                              "dataset_options": {"root": "../photos"}}}))
     monkeypatch.chdir(ROOT)  # not the spec's directory: the paths still resolve against it
     assert load_spec(spec).runs[0]["params"]["dataset_options"]["root"] == str(tmp_path / "photos")
     spec.write_text(yaml.safe_dump({"name": "mine", "fixed": {"dataset": "../photos"}}))
@@ -144,7 +147,8 @@ def test_bad_sweep_options_exit_2_with_one_line_before_any_work(tmp_path, capsys
     assert main(["sweep", str(ROOT / "ablations" / "smoke.yaml"), *arguments]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
-    assert (tmp_path / "FILE").read_text() == "mine" and sorted(p.name for p in (tmp_path / "USERDIR").iterdir()) == ["notes.txt"]
+    assert (tmp_path / "FILE").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "USERDIR").iterdir()) == ["notes.txt"]
     assert not list(tmp_path.glob("**/runs"))
 
 

@@ -90,11 +90,11 @@ def notebook_parameters(namespace: dict) -> dict:
     shell = get_ipython()
     hidden = set(shell.user_ns_hidden) if shell is not None else set()
     plain = (str, int, float, bool, list, dict, type(None))
+    known = [*PARAMETERS, *NOTEBOOK_NAMES]
     for name, value in namespace.items():
-        if (not name.startswith("_") and name not in hidden and isinstance(value, plain)
-                and name not in PARAMETERS and name not in NOTEBOOK_NAMES):
-            raise ParameterError(f"run notebook: unknown parameter {name!r}{closest(name, [*PARAMETERS, *NOTEBOOK_NAMES])}"
-                                 f" (known: {', '.join([*PARAMETERS, *NOTEBOOK_NAMES])})")
+        if not name.startswith("_") and name not in hidden and isinstance(value, plain) and name not in known:
+            raise ParameterError(f"run notebook: unknown parameter {name!r}{closest(name, known)} "
+                                 f"(known: {', '.join(known)})")
     params = {}
     for key, default in PARAMETERS.items():
         if key in namespace:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -38,8 +39,8 @@ class Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
     dataset: str = _field("skimage", "`skimage`, `synthetic`, `folder` or a folder of images", maps=True)
-    dataset_options: dict[str, Any] = _field({}, "keyword options of the data set (e.g. `names`, `count`, `seed`, `root`)",
-                                             maps=True)
+    dataset_options: dict[str, Any] = _field(
+        {}, "keyword options of the data set (e.g. `names`, `count`, `seed`, `root`)", maps=True)
     resize: Literal[RESIZE_POLICIES] = _field("center_crop", "resize policy", maps=True)
     image_size: int = _field(224, "side the images are resized to, in pixels", maps=True, ge=1)
     patch_size: int = _field(16, "base (smallest) patch size, in pixels", maps=True, ge=1)
@@ -151,11 +152,17 @@ class Parameters(BaseModel):
         if "root" in self.dataset_options:
             self.dataset_options = {**self.dataset_options,
                                     "root": str(_resolve(str(self.dataset_options["root"]), info))}
+        checked = (info.context or {}).get("checked")
+        key = json.dumps([self.dataset, self.dataset_options], sort_keys=True, default=str)
+        if checked is not None and key in checked:
+            return
         try:
             load_dataset(self.dataset, **self.dataset_options)
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"key 'dataset_options' {self.dataset_options!r} fails for data set "
                              f"{self.dataset!r}: {error}") from None
+        if checked is not None:
+            checked.add(key)
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:
@@ -211,7 +218,8 @@ def _expects(annotation) -> str:
         return f"list of {_expects(args[0])}" if args else "list"
     if annotation is type(None):
         return "null"
-    return {float: "number", dict: "mapping"}.get(origin or annotation, getattr(origin or annotation, "__name__", str(annotation)))
+    kind = origin or annotation
+    return {float: "number", dict: "mapping"}.get(kind, getattr(kind, "__name__", str(annotation)))
 
 
 def _message(error: dict) -> str:
@@ -227,7 +235,7 @@ def _message(error: dict) -> str:
     return f"key '{key}' expects {expected}, got {error['input']!r} ({error['msg'][0].lower()}{error['msg'][1:]})"
 
 
-def validate_params(params: dict, where: str, base=None) -> dict:
+def validate_params(params: dict, where: str, base=None, checked: set | None = None) -> dict:
     """Check one configuration; returns it with defaults filled and thresholds normalised.
 
     Parameters
@@ -238,6 +246,8 @@ def validate_params(params: dict, where: str, base=None) -> dict:
         Prefix of the error message (the spec file and the run).
     base : path, optional
         What relative folder paths resolve against (the working directory when ``None``).
+    checked : set, optional
+        Data sets already built by this caller (filled here): each is built once per spec, not once per run.
 
     Returns
     -------
@@ -259,7 +269,7 @@ def validate_params(params: dict, where: str, base=None) -> dict:
     apt_research.sweep.parameters.ParameterError: example: unknown key 'num_scale' (did you mean 'num_scales'?) ...
     """
     try:
-        model = Parameters.model_validate(params, context={"base": base})
+        model = Parameters.model_validate(params, context={"base": base, "checked": checked})
     except ValidationError as error:
         raise ParameterError(f"{where}: {_message(error.errors()[0])}") from None
     return model.model_dump()

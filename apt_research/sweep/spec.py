@@ -123,12 +123,13 @@ def load_spec(source, name: str | None = None, max_runs: int | None = None) -> S
     zip_points = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
     grid_points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     base = path.resolve().parent if path else None
-    runs, seen = [], set()
+    runs, seen, checked = [], set(), set()
     for grid_point in grid_points:
         for zip_point in zip_points:
             label = ", ".join(f"{k}={v!r}" for k, v in {**grid_point, **zip_point}.items()) or "fixed"
             try:
-                params = validate_params({**fixed, **grid_point, **zip_point}, f"{where} (run {label})", base)
+                params = validate_params({**fixed, **grid_point, **zip_point}, f"{where} (run {label})", base,
+                                         checked)
             except ParameterError as error:
                 raise SpecError(str(error)) from None
             identifier = run_id(params)
