@@ -128,6 +128,8 @@ class DaskExecutor:
     ----------
     client : distributed.Client
         Connected to the cluster (``connect``, or ``Client(cluster)`` of a ``dask_jobqueue`` cluster).
+    progress : bool
+        Show a progress bar of the shards.
 
     Raises
     ------
@@ -135,13 +137,15 @@ class DaskExecutor:
         When the client and the workers that have joined run different package versions.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, progress: bool = True):
         check_versions(client)
         self.client = client
+        self.progress = progress
 
     def execute(self, tasks, target):
         """Yield each run's final status as it ends (see ``executor.Executor``)."""
         from distributed import as_completed
+        from tqdm.auto import tqdm
 
         from .layout import run_directory
         from .notebook import end_run, execute_run, start_run
@@ -165,7 +169,9 @@ class DaskExecutor:
         for task in ready:
             yield assemble(task)
         failed = set()
+        bar = tqdm(total=len(owners), desc="shards", unit="shard", leave=False, disable=not self.progress)
         for future in as_completed(list(owners), loop=self.client.loop):
+            bar.update(1)
             task, shard = owners.pop(future)
             if task.run_id in failed:
                 continue
@@ -184,3 +190,4 @@ class DaskExecutor:
             shards_left[task.run_id] -= 1
             if shards_left[task.run_id] == 0:
                 yield assemble(task)
+        bar.close()

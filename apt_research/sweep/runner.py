@@ -52,7 +52,7 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
     if client is not None:
         if executor is not None:
             raise ValueError(f"run_sweep: give executor or client, not both (got executor={executor!r})")
-        executor = DaskExecutor(client)
+        executor = DaskExecutor(client, progress)
     if executor is None:
         if jobs > 1 and any(run["params"]["measure_speed"] for run in sweep.runs):
             tqdm.write("measure_speed times a ViT on this machine: runs go one at a time (--jobs 1) so none competes")
