@@ -66,6 +66,7 @@ def dry_run_listing(sweep, out: Path) -> str:
 
 def cmd_sweep(args) -> int:
     from ..cli import UsageError
+    from .cluster import ClusterError, connect
     from .lock import SweepLocked
     from .report import build_report
     from .runner import run_sweep
@@ -80,11 +81,23 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(dry_run_listing(sweep, out))
         return 0
-    print(f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}")
+    client = None
+    if args.scheduler:
+        if jobs != 1:
+            raise UsageError(f"--jobs {jobs} runs local processes; with --scheduler the cluster's workers "
+                             f"set the parallelism: drop --jobs")
+        try:
+            client = connect(args.scheduler)
+        except ClusterError as error:
+            raise UsageError(str(error)) from error
+    print(f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}" + (f" on {args.scheduler}" if client else ""))
     try:
-        statuses = run_sweep(sweep, out, jobs=jobs, resume=args.resume, device=device)
-    except SweepLocked as error:
+        statuses = run_sweep(sweep, out, jobs=jobs, resume=args.resume, device=device, client=client)
+    except (SweepLocked, ClusterError) as error:
         raise UsageError(str(error)) from error
+    finally:
+        if client is not None:
+            client.close()
     failed = [s for s in statuses if s["state"] != "finished"]
     report = build_report(out)
     print(f"sweep {sweep.name}: {len(statuses) - len(failed)} finished, {len(failed)} failed")
@@ -109,7 +122,10 @@ def add_commands(commands) -> None:
     sweep.add_argument("spec", help="a sweep spec, e.g. ablations/default.yaml")
     sweep.add_argument("--out", help="sweep directory (default results/<name>)")
     sweep.add_argument("--jobs", default="1", help="runs executed in parallel (>= 1)")
-    sweep.add_argument("--resume", action="store_true", help="skip runs that already finished")
+    sweep.add_argument("--resume", action="store_true",
+                       help="skip runs that already finished, and shards of images already computed")
+    sweep.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the Dask cluster whose scheduler is ADDRESS (e.g. tcp://10.0.0.5:8786)")
     sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     sweep.add_argument("--device", help="override every run's device (cpu, cuda, cuda:1)")
     sweep.add_argument("--yes", action="store_true", help=f"run a spec of more than {MAX_RUNS:,} runs")

@@ -66,7 +66,9 @@ NOTEBOOK_NAMES = ("output_dir", "cache_dir", "sweep", "run_id")
 
 def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "", run: str = "") -> pd.DataFrame:
     """Run one configuration (every threshold setting of it) and write ``records.parquet`` into ``output_dir``."""
-    table, skipped = configuration_records(params, cache_dir, sweep, run)
+    from .shards import sharded_records
+
+    table, skipped = sharded_records(params, Path(output_dir), cache_dir, sweep, run)
     write_records(Path(output_dir), table, skipped)
     return table
 

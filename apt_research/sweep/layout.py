@@ -55,7 +55,8 @@ def remove_partial_files(sweep_dir: Path) -> list[Path]:
     """
     sweep_dir = Path(sweep_dir)
     removed = []
-    for pattern in (PARTIAL_FILES, f"runs/*/{PARTIAL_FILES}", f"cache/{PARTIAL_FILES}", f"figures/{PARTIAL_FILES}"):
+    for pattern in (PARTIAL_FILES, f"runs/*/{PARTIAL_FILES}", f"runs/*/shards/{PARTIAL_FILES}", f"cache/{PARTIAL_FILES}",
+                    f"figures/{PARTIAL_FILES}"):
         for path in sweep_dir.glob(pattern):
             if path.is_file():
                 path.unlink()

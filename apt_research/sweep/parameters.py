@@ -57,6 +57,9 @@ class Parameters(BaseModel):
     calibration: Literal[STRATEGIES] = _field("shared", "how thresholds are calibrated to a target retention")
     measure_speed: list[str] = _field([], "ViT models timed on packed and uniform tokens")
     limit: Union[Annotated[int, Field(ge=1)], None] = _field(None, "use only the first `limit` images", maps=True)
+    shard_size: Union[Annotated[int, Field(ge=1)], None] = _field(
+        None, "images per shard: a configuration is computed, kept and resumed shard by shard (one Dask task "
+        "each with `--scheduler`); the records are the same")
     batch_size: int = _field(16, "images scored at once", ge=1)
     device: str = _field("cpu", "torch device of the scoring (`cpu`, `cuda`, `cuda:1`)")
 
@@ -114,6 +117,9 @@ class Parameters(BaseModel):
     def _together(self, info: ValidationInfo):
         self._check_options()
         self._check_dataset_options(info)
+        if self.shard_size is not None and (self.target_retention is not None or self.measure_speed):
+            raise ValueError("key 'shard_size' needs fixed thresholds and no measure_speed (calibration and speed "
+                             "measurements use all of a configuration's images at once)")
         if self.target_retention is None:
             self.thresholds = _threshold_settings(self.thresholds, self.num_scales)
             return self

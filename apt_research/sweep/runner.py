@@ -7,14 +7,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .._io import write_atomic
+from .cluster import DaskExecutor
 from .executor import Executor, NotebookExecutor, Target, Task
 from .layout import is_finished, remove_partial_files, run_directory
 from .lock import DirectoryLock
+from .shards import clear_shards
 from .spec import Sweep
 
 
 def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device: str | None = None,
-              progress: bool = True, executor: Executor | None = None) -> list[dict]:
+              progress: bool = True, executor: Executor | None = None, client=None) -> list[dict]:
     """Run every configuration of ``sweep`` into ``out_dir``; returns their statuses.
 
     The console shows a progress bar, one line per failed run, and each distinct warning the runs
@@ -29,13 +31,15 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
     jobs : int
         Runs executed at once by the default ``NotebookExecutor``.
     resume : bool
-        Skip runs that already finished.
+        Skip runs that already finished, and the shards of images already computed of the others.
     device : str, optional
         Overrides every run's device.
     progress : bool
         Show a progress bar.
     executor : Executor, optional
         What executes the runs; ``NotebookExecutor(jobs)`` when ``None``.
+    client : distributed.Client, optional
+        Run on this Dask cluster instead (``cluster.DaskExecutor``: one task per shard of images).
 
     Returns
     -------
@@ -45,6 +49,10 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
     import yaml
 
     sweep_dir = Path(out_dir).resolve()
+    if client is not None:
+        if executor is not None:
+            raise ValueError(f"run_sweep: give executor or client, not both (got executor={executor!r})")
+        executor = DaskExecutor(client, progress)
     if executor is None:
         if jobs > 1 and any(run["params"]["measure_speed"] for run in sweep.runs):
             tqdm.write("measure_speed times a ViT on this machine: runs go one at a time (--jobs 1) so none competes")
@@ -60,6 +68,8 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
             if resume and is_finished(run_directory(sweep_dir, run["run_id"])):
                 statuses.append({"run_id": run["run_id"], "state": "finished", "skipped": True})
             else:
+                if not resume:
+                    clear_shards(run_directory(sweep_dir, run["run_id"]))
                 params = dict(run["params"], device=device) if device else run["params"]
                 todo.append(Task(run["run_id"], params))
         target = Target(sweep_dir, sweep.name, sweep_dir / "cache")

@@ -1,0 +1,138 @@
+"""Shards of a configuration: images ``START:STOP`` computed, kept and resumed one shard at a time.
+
+A configuration with ``shard_size`` (a sweep parameter) is cut into shards of that many images of
+its data set (after ``limit``). Each shard's records are kept in the run directory::
+
+    runs/<run_id>/shards/START-STOP.parquet      the shard's records
+                         START-STOP.skipped.json  its images that could not be read (if any)
+
+so that an interrupted run computes only the shards it lacks, and a Dask cluster computes each shard
+as a task (``cluster.DaskExecutor``). The run's ``records.parquet`` is the shards' records in order:
+the same rows, and so the same summary, as one unsharded run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from .._io import atomic_path
+from ..datasets import load_dataset
+from .layout import write_json
+
+SHARDS = "shards"
+
+
+def image_count(params: dict) -> int:
+    """How many images a validated configuration runs on (its data set, cut to ``limit``)."""
+    count = len(load_dataset(params["dataset"], **params["dataset_options"]).items)
+    return min(count, params["limit"]) if params["limit"] else count
+
+
+def plan(params: dict, count: int | None = None) -> list[tuple[int, int]]:
+    """The shards ``(start, stop)`` of a validated configuration: ``shard_size`` images each, one shard if unset.
+
+    Examples
+    --------
+    >>> plan({"shard_size": 4}, count=10)
+    [(0, 4), (4, 8), (8, 10)]
+    >>> plan({"shard_size": None}, count=10)
+    [(0, 10)]
+    """
+    count = image_count(params) if count is None else count
+    size = params["shard_size"] or max(count, 1)
+    return [(start, min(start + size, count)) for start in range(0, count, size)] or [(0, 0)]
+
+
+def shard_path(run_dir: Path, shard: tuple[int, int]) -> Path:
+    """Where the records of ``shard`` of the run in ``run_dir`` are kept."""
+    return Path(run_dir) / SHARDS / f"{shard[0]:09d}-{shard[1]:09d}.parquet"
+
+
+def save_shard(run_dir: Path, shard: tuple[int, int], table: pd.DataFrame, skipped: list[dict]) -> None:
+    """Keep a shard's records (and its skipped images), each file written atomically, records last."""
+    path = shard_path(run_dir, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if skipped:
+        write_json(path.with_suffix(".skipped.json"), skipped)
+    with atomic_path(path) as temporary:
+        table.to_parquet(temporary, index=False)
+
+
+def load_shard(run_dir: Path, shard: tuple[int, int]) -> tuple[pd.DataFrame, list[dict]] | None:
+    """A kept shard's ``(records, skipped)``; ``None`` when absent, or unreadable (with a warning)."""
+    path = shard_path(run_dir, shard)
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_parquet(path)
+        skipped_path = path.with_suffix(".skipped.json")
+        skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else []
+    except Exception as error:  # a truncated or foreign file: the shard is computed again
+        warnings.warn(f"shard records {path} cannot be read ({type(error).__name__}: {error}); "
+                      f"computing the shard again", stacklevel=2)
+        return None
+    return table, skipped
+
+
+def clear_shards(run_dir: Path) -> None:
+    """Remove the shards kept for the run in ``run_dir`` (a run started afresh, without ``--resume``)."""
+    shutil.rmtree(Path(run_dir) / SHARDS, ignore_errors=True)
+
+
+def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = "",
+                    run: str = "") -> tuple[pd.DataFrame, list[dict]]:
+    """A configuration's records, shard by shard: each kept shard is read back, each missing one computed and kept.
+
+    Without ``shard_size`` and without kept shards, the configuration is computed in one piece, as before
+    shards existed (no ``shards/`` directory is written).
+
+    Parameters
+    ----------
+    params : dict
+        A configuration; validated here.
+    run_dir : path
+        The run's directory, holding ``shards/``.
+    cache_dir : path, optional
+        Where importance maps are cached (one entry per shard).
+    sweep, run : str
+        The sweep's name and the run's id, written into every record.
+
+    Returns
+    -------
+    (pandas.DataFrame, list of dict)
+        One row per image per threshold setting, in image order, and the images that could not be read.
+    """
+    from .configuration import configuration_records
+    from .parameters import validate_params
+
+    params = validate_params(params, f"run {run or '(notebook)'}")
+    run_dir = Path(run_dir)
+    if params["shard_size"] is None and not (run_dir / SHARDS).is_dir():
+        return configuration_records(params, cache_dir, sweep, run)
+    tables, skipped = [], []
+    for shard in plan(params):
+        kept = load_shard(run_dir, shard)
+        if kept is None:
+            kept = configuration_records(params, cache_dir, sweep, run, shard=shard)
+            save_shard(run_dir, shard, *kept)
+        tables.append(kept[0])
+        skipped += kept[1]
+    return pd.concat(_setting_major(tables, max(len(params["thresholds"]), 1)), ignore_index=True), skipped
+
+
+def _setting_major(tables: list[pd.DataFrame], settings: int) -> list[pd.DataFrame]:
+    """The shards' rows in the order of one unsharded run: threshold setting first, then image.
+
+    Each shard's table holds ``settings`` consecutive blocks of rows, one per threshold setting.
+    """
+    parts = []
+    for setting in range(settings):
+        for table in tables:
+            block = len(table) // settings
+            parts.append(table.iloc[setting * block:(setting + 1) * block])
+    return [part for part in parts if len(part)] or tables[:1]
