@@ -10,6 +10,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+"""The mode of a file written here: what ``open`` would give it (``mkstemp`` alone makes it private, 0600)."""
+
 
 @contextmanager
 def atomic_path(target, *, keep_partial: bool = False):
@@ -26,10 +31,13 @@ def atomic_path(target, *, keep_partial: bool = False):
     try:
         yield temporary
     except BaseException:
-        if keep_partial:
+        if keep_partial and temporary.exists():
+            os.chmod(temporary, FILE_MODE)
             os.replace(temporary, target)
         raise
     else:
+        if temporary.exists():
+            os.chmod(temporary, FILE_MODE)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .contract import DEFAULT_PAD_VALUE
 from .selection import select_patches_by_threshold, token_counts
 
 STRATEGIES = ("shared", "per_scale_quantile")
@@ -106,7 +107,7 @@ def _bisect(value_at, size: int, target: float) -> tuple[int, int]:
 
 
 def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared", tolerance: float = 0.005,
-                         pad_value: float = 1e6) -> CalibrationResult:
+                         pad_value: float = DEFAULT_PAD_VALUE) -> CalibrationResult:
     """Thresholds whose mean retention over the given images is closest to ``target_retention``.
 
     Parameters
@@ -163,7 +164,7 @@ def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared"
                              message)
 
 
-def budget_masks(maps: dict[int, torch.Tensor], max_tokens: int, pad_value: float = 1e6):
+def budget_masks(maps: dict[int, torch.Tensor], max_tokens: int, pad_value: float = DEFAULT_PAD_VALUE):
     """Masks keeping at most ``max_tokens`` tokens per image, lowest-score merges first.
 
     For each image this is the selection with the smallest shared threshold

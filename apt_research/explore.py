@@ -23,13 +23,13 @@ from PIL import Image
 
 from . import figures
 from .analysis import fidelity, reconstruct, token_record
+from .contract import DEFAULT_PAD_VALUE
 from .datasets import SKIMAGE_NAMES, SYNTHETIC_KINDS, read_image_file, resize_image, skimage_dataset, synthetic_image
 from .scorers import SCORERS, compute_importance_maps
 from .selection import base_grid_tokens, select_patches_by_threshold, token_counts
 from .visualize import VisualizeConfig
 
 BIN_CHOICES = (16, 32, 64, 128, 256, 512, 1024)
-PAD_VALUE = 1e6
 
 
 def load_one(image: str, synthetic_size: int = 256) -> tuple[torch.Tensor, dict]:
@@ -229,7 +229,7 @@ class Explorer:
 
     def score_range(self) -> tuple[float, float]:
         """Smallest and largest score of the maps (padded border patches left out): the threshold sliders' range."""
-        values = torch.cat([scale_map[scale_map < PAD_VALUE].flatten() for scale_map in self.maps.values()])
+        values = torch.cat([scale_map[scale_map < DEFAULT_PAD_VALUE].flatten() for scale_map in self.maps.values()])
         finite = values[torch.isfinite(values)]
         if finite.numel() == 0:
             return 0.0, 1.0
@@ -243,7 +243,7 @@ class Explorer:
         figure = Figure(figsize=(figures.TWO_COLUMN_WIDTH_IN, figures.TWO_COLUMN_WIDTH_IN / max(len(maps), 2) * 0.9),
                         dpi=dpi, layout="constrained")
         for ax, size in zip(figure.subplots(1, len(maps), squeeze=False)[0], sorted(maps)):
-            figures.plot_heatmap(maps[size][0], size, PAD_VALUE, ax=ax, label=label)
+            figures.plot_heatmap(maps[size][0], size, DEFAULT_PAD_VALUE, ax=ax, label=label)
         return figure
 
     def selection_image(self) -> np.ndarray:

@@ -26,6 +26,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from ._io import atomic_path  # noqa: E402
+from .contract import DEFAULT_PAD_VALUE  # noqa: E402
 
 COLUMN_WIDTH_IN = 3.35
 TWO_COLUMN_WIDTH_IN = 6.9
@@ -139,7 +140,8 @@ def _image_array(pixels: torch.Tensor) -> np.ndarray:
     return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
 
 
-def plot_heatmap(scale_map: torch.Tensor, patch_size: int, pad_value: float = 1e6, ax=None, label="entropy (bits)"):
+def plot_heatmap(scale_map: torch.Tensor, patch_size: int, pad_value: float = DEFAULT_PAD_VALUE, ax=None,
+                 label="entropy (bits)"):
     """One scale's ``(h, w)`` score map: high scores dark red, padded border patches grey, colour bar in bits."""
     values = scale_map.detach().cpu().double().numpy()
     values = np.ma.masked_where(values >= pad_value, values)
@@ -155,7 +157,8 @@ def plot_heatmap(scale_map: torch.Tensor, patch_size: int, pad_value: float = 1e
     return figure
 
 
-def plot_heatmaps(maps: dict[int, torch.Tensor], index: int = 0, pad_value: float = 1e6, label="entropy (bits)"):
+def plot_heatmaps(maps: dict[int, torch.Tensor], index: int = 0, pad_value: float = DEFAULT_PAD_VALUE,
+                  label="entropy (bits)"):
     """Heatmaps of every scale of image ``index``, side by side."""
     sizes = sorted(maps)
     figure, axes = plt.subplots(1, len(sizes), figsize=(COLUMN_WIDTH_IN * 0.9 * len(sizes), COLUMN_WIDTH_IN * 0.75),
@@ -245,7 +248,8 @@ def plot_image(pixels: torch.Tensor, title: str = "", ax=None):
     return figure
 
 
-def plot_panel(pixels, maps, masks, reconstruction, metrics: dict | None = None, index: int = 0, pad_value=1e6):
+def plot_panel(pixels, maps, masks, reconstruction, metrics: dict | None = None, index: int = 0,
+               pad_value=DEFAULT_PAD_VALUE):
     """Resized image | coarsest-scale heatmap | patch grid | reconstruction (with PSNR/SSIM)."""
     figure, axes = plt.subplots(1, 4, figsize=(COLUMN_WIDTH_IN * 2.2, COLUMN_WIDTH_IN * 0.7))
     plot_image(pixels[index], "resized image", ax=axes[0])

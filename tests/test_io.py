@@ -33,3 +33,11 @@ def test_keep_partial_keeps_what_was_written_when_interrupted(tmp_path):
             raise KeyboardInterrupt
     assert target.read_text() == "cells so far"
     assert [p.name for p in tmp_path.iterdir()] == ["run.ipynb"]
+
+
+def test_written_files_get_the_mode_open_would_give_not_private(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    target = tmp_path / "report.html"
+    write_atomic(target, "<html></html>")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 != 0o600

@@ -15,7 +15,7 @@ from apt_research.sweep.cache import MAP_KEYS
 from apt_research.sweep.parameters import PARAMETERS, Parameters, parameter_table
 from apt_research.sweep.report import build_report, config_columns, configuration_label, report_tables, summarise
 from apt_research.sweep.runner import run_sweep
-from apt_research.sweep.spec import SpecError, load_spec
+from apt_research.sweep.spec import load_spec
 from sweep_helpers import InProcessExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
