@@ -126,9 +126,9 @@ def copy_floor(groups: dict, images: torch.Tensor):
 
     The memory floor of grouping: one contiguous copy of the kept pixels, no gathering, no resizing.
     """
-    shapes = [value.shape for key, value in groups.items() if "patches" in key]
-    source = images.reshape(-1)
-    return lambda: [torch.empty(shape).copy_(source[: shape.numel()].view(shape)) for shape in shapes]
+    counts = [value.numel() for key, value in groups.items() if "patches" in key]
+    source = images.reshape(-1).numpy()
+    return lambda: [source[:count].copy() for count in counts]
 
 
 def same_result(ours: dict, theirs: dict) -> bool:
@@ -141,52 +141,68 @@ def same_result(ours: dict, theirs: dict) -> bool:
                if key.startswith(("resized_patches", "full_patches")))
 
 
-def tokenizer_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=10) -> str:
+def tokenizer_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=10, threads=(None, 1)) -> str:
     """Whole forward against the reference pipeline: its loader's per-image maps, then its forward.
 
     The reference's loader computes each image's maps from the pixels it decoded; here those pixels
     are ``tokenizer.to_pixels(images)`` (made before timing), so both sides score the same values.
+    Each row is timed with the process's torch threads (``None``) and with each count in ``threads``
+    (both sides alike; one thread is how data-loader workers run, and is the least disturbed by
+    other load on a shared machine).
     """
     lines = [
-        f"| base patch, resolution, thresholds (batch {batch}, 3 scales, 512 bins) | ours: whole forward ms/img "
+        f"| base patch, resolution, thresholds (batch {batch}, 3 scales, 512 bins) | threads "
+        "| ours: whole forward ms/img "
         "| ours: maps | ours: selection + packing | ours: grouping | grouping floor (copy of the kept pixels) "
         "| grouping / floor | reference: loader maps ms/img | reference: forward ms/img | reference total ms/img "
         "| **ratio** | same result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     records = []
-    for base, size, thresholds in rows:
-        images = normalised(real_batch(size, batch))
-        tokenizer = PatchTokenizer(3, base, size, list(thresholds), MEAN, STD)
-        loader_pixels = tokenizer.to_pixels(images)
-        ours_s, ours = timed(tokenizer, images, repeats=repeats)
-        maps_s, maps = timed(tokenizer.compute_importance_maps, images, repeats=repeats)
-        masks_s, (masks, _, _) = timed(tokenizer.construct_masks, maps, repeats=repeats)
-        groups_s, groups = timed(tokenizer.construct_patch_groups, images, masks, repeats=repeats)
-        floor_s, _ = timed(copy_floor(groups, images), repeats=repeats)
-        ref_maps_s, ref_maps = timed(baselines.reference_loader_maps, loader_pixels, base, 3, repeats=2)
-        ref_fwd_s, ref = timed(baselines.reference_forward, images, ref_maps, list(thresholds), base, 3, size,
-                               repeats=2)
-        same = same_result(ours, ref)
-        record = dict(base=base, size=size, thresholds=list(thresholds), batch=batch, ours_ms=1000 * ours_s / batch,
-                      maps_ms=1000 * maps_s / batch, masks_ms=1000 * masks_s / batch,
-                      groups_ms=1000 * groups_s / batch, floor_ms=1000 * floor_s / batch,
-                      reference_maps_ms=1000 * ref_maps_s / batch, reference_forward_ms=1000 * ref_fwd_s / batch,
-                      same=same)
-        record["reference_ms"] = record["reference_maps_ms"] + record["reference_forward_ms"]
-        record["ratio"] = record["reference_ms"] / record["ours_ms"]
-        record["groups_over_floor"] = groups_s / floor_s
+    default = torch.get_num_threads()
+    for (base, size, thresholds), count in ((row, count or default) for row in rows for count in threads):
+        torch.set_num_threads(count)
+        try:
+            record = _tokenizer_row(base, size, thresholds, batch, repeats)
+        finally:
+            torch.set_num_threads(default)
+        record["threads"] = count
         records.append(record)
         lines.append(
-            f"| {base}, {size}, {list(thresholds)} | {record['ours_ms']:.3f} | {record['maps_ms']:.3f} "
+            f"| {base}, {size}, {list(thresholds)} | {count} | {record['ours_ms']:.3f} | {record['maps_ms']:.3f} "
             f"| {record['masks_ms']:.3f} | {record['groups_ms']:.3f} | {record['floor_ms']:.3f} "
             f"| {record['groups_over_floor']:.2f} | {record['reference_maps_ms']:.2f} "
             f"| {record['reference_forward_ms']:.2f} | {record['reference_ms']:.2f} | **{record['ratio']:.1f}x** "
-            f"| {'yes' if same else 'NO'} |"
+            f"| {'yes' if record['same'] else 'NO'} |"
         )
         print(lines[-1], flush=True)
     results["tokenizer"] = records
     return "\n".join(lines)
+
+
+def _tokenizer_row(base, size, thresholds, batch, repeats) -> dict:
+    """One row of ``tokenizer_section``: ours and the reference pipeline on the same ``batch`` images."""
+    images = normalised(real_batch(size, batch))
+    tokenizer = PatchTokenizer(3, base, size, list(thresholds), MEAN, STD)
+    loader_pixels = tokenizer.to_pixels(images)
+    ours_s, ours = timed(tokenizer, images, repeats=repeats)
+    maps_s, maps = timed(tokenizer.compute_importance_maps, images, repeats=repeats)
+    masks_s, (masks, _, _) = timed(tokenizer.construct_masks, maps, repeats=repeats)
+    groups_s, groups = timed(tokenizer.construct_patch_groups, images, masks, repeats=repeats)
+    floor_s, _ = timed(copy_floor(groups, images), repeats=repeats)
+    ref_maps_s, ref_maps = timed(baselines.reference_loader_maps, loader_pixels, base, 3, repeats=2)
+    ref_fwd_s, ref = timed(baselines.reference_forward, images, ref_maps, list(thresholds), base, 3, size,
+                           repeats=2)
+    same = same_result(ours, ref)
+    record = dict(base=base, size=size, thresholds=list(thresholds), batch=batch, ours_ms=1000 * ours_s / batch,
+                  maps_ms=1000 * maps_s / batch, masks_ms=1000 * masks_s / batch,
+                  groups_ms=1000 * groups_s / batch, floor_ms=1000 * floor_s / batch,
+                  reference_maps_ms=1000 * ref_maps_s / batch, reference_forward_ms=1000 * ref_fwd_s / batch,
+                  same=same)
+    record["reference_ms"] = record["reference_maps_ms"] + record["reference_forward_ms"]
+    record["ratio"] = record["reference_ms"] / record["ours_ms"]
+    record["groups_over_floor"] = groups_s / floor_s
+    return record
 
 
 def jpeg_bytes(size: int = 512) -> bytes:
@@ -510,6 +526,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if hasattr(os, "getloadavg"):
+        text += f", load average {os.getloadavg()[0]:.1f} at the start (a shared machine's timings spread with it)"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text

@@ -29,8 +29,9 @@ def test_entropy_rows_agree_with_both_baselines():
 def test_tokenizer_rows_compare_the_same_sequences_and_patches():
     results = {}
     table = bench.tokenizer_section(results, rows=[(8, 64, (6.0, 5.0)), (16, 64, (5.75, 4.0))], batch=4, repeats=1)
-    assert [r["same"] for r in results["tokenizer"]] == [True, True]
-    assert table.count("| yes |") == 2
+    assert [r["same"] for r in results["tokenizer"]] == [True] * 4  # two rows, each at 2+ threads and at 1
+    assert [r["threads"] for r in results["tokenizer"]][1::2] == [1, 1]
+    assert table.count("| yes |") == 4
 
 
 def test_reference_pipeline_is_the_reference_code_path():
