@@ -7,8 +7,9 @@
     python3 run.py lab      # JupyterLab on notebooks/ with the project's environment
 
 Each creates (or reuses) the virtual environment ``.venv`` and installs what it
-needs: torch 2.13.0 (CPU build) pinned, the package in editable mode with its
-test extras. Installation is skipped while ``pyproject.toml`` is unchanged.
+needs: torch 2.14.1 and the torchvision built for it, pinned, then the package in
+editable mode with its test and models extras. Installation is skipped while
+``pyproject.toml`` is unchanged.
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = ROOT / ".stamp-install"
-TORCH = "torch==2.13.0"
+# One pin for the whole project. timm (the models extra) imports torchvision, and a torchvision wheel
+# loads only with the torch it was built against: the registry's torch 2.14.1 with its torchvision
+# 0.29.1 (CUDA builds, which run on a CPU-only machine too). A CPU-only torch build (2.13.0+cpu) cannot
+# load the registry's torchvision. torchvision is here only because timm needs it.
+TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 
 
 def ensure_environment() -> None:
     if not PYTHON.exists():
         print(f"creating virtual environment {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + " ".join(TORCH).encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     print("installing dependencies into .venv (first run only)", flush=True)
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + [TORCH], check=True)
-    subprocess.run(pip + [TORCH, "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run(pip + [*TORCH], check=True)
+    subprocess.run(pip + [*TORCH, "-e", f"{ROOT}[test,models]"], check=True)
     subprocess.run([str(PYTHON), "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], check=True,
                    stdout=subprocess.DEVNULL)
     STAMP.write_text(wanted)
