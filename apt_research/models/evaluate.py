@@ -1,0 +1,130 @@
+"""What APT does to a model's predictions: per image, uniform tokens against APT tokens."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..datasets import iter_images, load_dataset
+from ..selection import retention
+from .synthetic import normalise
+from .timm_vit import AptViT, from_timm
+
+
+def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor | None = None,
+                       batch_size: int = 32) -> pd.DataFrame:
+    """One row per image: the model on its uniform tokens and on APT's tokens.
+
+    Parameters
+    ----------
+    apt : AptViT
+        The wrapped model (``from_timm``); ``apt.model`` gives the uniform prediction.
+    images : Tensor
+        ``(N, 3, H, W)`` normalised as the model expects.
+    labels : Tensor, optional
+        ``(N,)`` class indices in the model's output, where the data set has them.
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``image`` (index in ``images``), ``thresholds``, ``tokens`` (class token
+        included), ``retention`` (patch tokens / base-grid tokens), ``uniform_pred``,
+        ``apt_pred``, ``agreement`` (same top-1), ``kl`` (KL divergence of the APT
+        softmax from the uniform one, nats), ``label``, ``uniform_top1_correct`` and
+        ``top1_correct`` (APT; both missing without labels), ``uniform_seconds`` and
+        ``apt_seconds`` (wall time per image, tokenization included for APT).
+    """
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"labels must have one entry per image ({len(images)}), got {len(labels)}")
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            began = time.perf_counter()
+            uniform = apt.model(chunk)
+            middle = time.perf_counter()
+            tokens = apt.tokenize(chunk)
+            logits = apt(tokens)
+            ended = time.perf_counter()
+            kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(uniform, -1), log_target=True,
+                          reduction="none").sum(-1)
+            kept = retention(tokens["masks"]).tolist()
+            for offset in range(len(chunk)):
+                index = start + offset
+                row = {
+                    "image": index, "thresholds": tuple(apt.tokenizer.thresholds),
+                    "tokens": tokens["seqlens"][offset], "retention": kept[offset],
+                    "uniform_pred": int(uniform[offset].argmax()), "apt_pred": int(logits[offset].argmax()),
+                    "kl": float(kl[offset]),
+                    "uniform_seconds": (middle - began) / len(chunk), "apt_seconds": (ended - middle) / len(chunk),
+                }
+                row["agreement"] = row["uniform_pred"] == row["apt_pred"]
+                if labels is not None:
+                    row["label"] = int(labels[index])
+                    row["uniform_top1_correct"] = row["uniform_pred"] == row["label"]
+                    row["top1_correct"] = row["apt_pred"] == row["label"]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | None = None,
+                    class_names=None, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A data set's images resized to the model's input and normalised for it, with class indices.
+
+    ``class_names`` maps each image's label (its synthetic kind, or its folder)
+    to the model's output index; images whose label is not among them get no
+    label, and without ``class_names`` there are no labels.
+    """
+    source = load_dataset(dataset, **(dataset_options or {}))
+    height, width = model.patch_embed.img_size
+    pixels, labels = [], []
+    for image, meta in iter_images(source, resize="resize", image_size=(height, width), limit=limit,
+                                   progress=False):
+        pixels.append(image)
+        labels.append(list(class_names).index(meta["label"]) if class_names and meta["label"] in class_names
+                      else None)
+    if not pixels:
+        raise ValueError(f"dataset {dataset!r} with options {dataset_options} yielded no image")
+    labels = torch.tensor(labels) if None not in labels else None
+    return normalise(torch.stack(pixels), model), labels
+
+
+def threshold_records(model, images: torch.Tensor, labels, num_scales: int, settings, method: str = "entropy",
+                      batch_size: int = 32, **scorer_options) -> pd.DataFrame:
+    """``prediction_records`` for every threshold setting, the model zero-shot (merge at zero)."""
+    apt = from_timm(model, num_scales, settings[0], method, **scorer_options)
+    frames = []
+    for thresholds in settings:
+        apt.set_thresholds(thresholds)
+        frames.append(prediction_records(apt, images, labels, batch_size))
+    return pd.concat(frames, ignore_index=True)
+
+
+def accuracy_by_setting(records: pd.DataFrame) -> pd.DataFrame:
+    """Mean retention, agreement, KL and (with labels) APT and uniform accuracy per threshold setting."""
+    columns = [c for c in ("retention", "agreement", "kl", "top1_correct", "uniform_top1_correct") if c in records]
+    return records.groupby("thresholds")[columns].mean().sort_values("retention", ascending=False).reset_index()
+
+
+def plot_accuracy_vs_retention(records: pd.DataFrame):
+    """Agreement (and accuracy, with labels) against mean retention, one point per threshold setting."""
+    import matplotlib.pyplot as plt
+
+    summary = accuracy_by_setting(records)
+    figure, axis = plt.subplots(figsize=(4.5, 3.2))
+    axis.plot(summary["retention"], summary["agreement"], "o-", label="agreement with uniform tokens")
+    if "top1_correct" in summary:
+        axis.plot(summary["retention"], summary["top1_correct"], "s-", label="top-1 accuracy, APT")
+        axis.axhline(summary["uniform_top1_correct"].mean(), color="grey", linestyle="--",
+                     label="top-1 accuracy, uniform")
+    axis.set_xlabel("retention (tokens / base-grid tokens)")
+    axis.set_ylabel("fraction of images")
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
