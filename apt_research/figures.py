@@ -280,7 +280,7 @@ def plot_speedup_curves(ax, base_tokens: float, patch_size: int = 16, models=("v
     return ax
 
 
-MODEL_PANELS = (("agreement", "top-1 agreement with uniform tokens"), ("top1_accuracy", "top-1 accuracy (APT tokens)"),
+MODEL_PANELS = (("agreement", "top-1 agreement with uniform tokens"), ("top1_accuracy", "top-1 accuracy (dashed: uniform)"),
                 ("psnr_mean", "PSNR of reconstruction (dB)"), ("ssim_mean", "SSIM of reconstruction"))
 """The panels of ``plot_model_vs_retention``: summary column and axis label."""
 
@@ -300,7 +300,7 @@ def plot_model_vs_retention(summary, curve: str = "configuration"):
     Returns
     -------
     matplotlib.figure.Figure
-        One panel per metric; dashed lines: accuracy on uniform tokens.
+        One panel per metric, the legend right of the last; dashed lines: accuracy on uniform tokens.
     """
     panels = [(column, label) for column, label in MODEL_PANELS if column in summary and summary[column].notna().any()]
     names = sorted(summary[curve].astype(str).unique())
@@ -313,6 +313,6 @@ def plot_model_vs_retention(summary, curve: str = "configuration"):
             if column == "top1_accuracy":
                 ax.axhline(part["uniform_top1_accuracy"].iloc[0], color=colours[name], linestyle="--", linewidth=0.8)
         ax.set(xlabel="retention (mean)", ylabel=label)
-    axes[0, 0].legend(fontsize=6, title=curve, title_fontsize=6)
+    axes[0, -1].legend(fontsize=6, title=curve, title_fontsize=6)
     figure.tight_layout()
     return figure

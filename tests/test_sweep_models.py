@@ -79,6 +79,10 @@ def test_a_timm_model_with_random_weights_in_process():
     nothing = table[table["threshold_1"] == NOTHING_MERGES]
     assert nothing["agreement"].all() and np.allclose(nothing["kl"], 0, atol=1e-6)
     assert (table["uniform_pred"].between(0, 999)).all()
+    del params["thresholds"]
+    calibrated, _ = configuration_records({**params, "target_retention": [1.0, 0.5]})
+    assert np.allclose(calibrated.groupby("target_retention")["retention"].mean(), [0.5, 1.0], atol=0.1)
+    assert calibrated[calibrated["target_retention"] == 1.0]["agreement"].all()
 
 
 def test_the_synthetic_vit_is_trained_once_then_loaded_from_the_cache(tmp_path):

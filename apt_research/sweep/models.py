@@ -147,8 +147,9 @@ class ModelEvaluator:
             raise ValueError(f"model {params['model']!r} has no classifier head (num_classes=0); expected logits")
         self.device = torch.device(params["device"])
         model = model.to(self.device)
-        self.apt = from_timm(model, params["num_scales"], params["thresholds"][0] if params["thresholds"] else
-                             [float("inf")] * (params["num_scales"] - 1), params["method"], **scorer_options(params))
+        # Placeholder thresholds: ``records`` sets each setting's (calibrated ones are known only later).
+        self.apt = from_timm(model, params["num_scales"], [0.0] * (params["num_scales"] - 1), params["method"],
+                             **scorer_options(params))
         if self.apt.patch_size != params["patch_size"]:
             raise ValueError(f"model {params['model']!r} has patch size {self.apt.patch_size}, but the key "
                              f"'patch_size' is {params['patch_size']}; expected them equal")

@@ -206,9 +206,10 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         save(figure, "fidelity_vs_speedup")
 
     if "agreement" in summary:
+        curve = "configuration" if summary["dataset"].nunique() == 1 else "data set | configuration"
         curves = summary.assign(**{"data set | configuration": summary["dataset"].astype(str) + " | "
                                                                 + summary["configuration"]})
-        save(figures.plot_model_vs_retention(curves, curve="data set | configuration"), "model_vs_retention")
+        save(figures.plot_model_vs_retention(curves, curve=curve), "model_vs_retention")
 
     for column in varied_parameters(records):  # one panel per varied parameter: the ablation of that parameter
         figure, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH_IN * 2, 2.4))
