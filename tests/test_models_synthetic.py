@@ -71,6 +71,10 @@ def test_records_compare_uniform_and_apt(classifier):
         apt = from_timm(classifier, 2, [7.0])
         expected = prediction_records(apt, images[:3])
         assert expected["apt_pred"].tolist() == apt(images[:3]).argmax(1).tolist()
+        maps = apt.tokenizer.compute_importance_maps(images[:3])
+        with_maps = prediction_records(apt, images[:3], importance_maps=maps)
+        pd.testing.assert_frame_equal(with_maps.drop(columns=["uniform_seconds", "apt_seconds"]),
+                                      expected.drop(columns=["uniform_seconds", "apt_seconds"]))
         assert expected["uniform_pred"].tolist() == classifier(images[:3]).argmax(1).tolist()
     assert "top1_correct" not in expected
     summary = accuracy_by_setting(records)

@@ -15,7 +15,7 @@ from .timm_vit import AptViT, from_timm
 
 
 def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor | None = None,
-                       batch_size: int = 32) -> pd.DataFrame:
+                       batch_size: int = 32, importance_maps: dict | None = None) -> pd.DataFrame:
     """One row per image: the model on its uniform tokens and on APT's tokens.
 
     Parameters
@@ -28,6 +28,9 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
         ``(N,)`` class indices in the model's output, where the data set has them.
     batch_size : int
         Images per forward pass.
+    importance_maps : dict, optional
+        ``{p_s: (N, h_s, w_s)}`` maps of ``images`` computed beforehand (a cache):
+        only selection and packing are left to do.
 
     Returns
     -------
@@ -48,7 +51,9 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
             began = time.perf_counter()
             uniform = apt.model(chunk)
             middle = time.perf_counter()
-            tokens = apt.tokenize(chunk)
+            maps = None if importance_maps is None else {
+                size: values[start : start + batch_size] for size, values in importance_maps.items()}
+            tokens = apt.tokenize(chunk, maps)
             logits = apt(tokens)
             ended = time.perf_counter()
             kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(uniform, -1), log_target=True,
@@ -96,12 +101,14 @@ def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | N
 
 def threshold_records(model, images: torch.Tensor, labels, num_scales: int, settings, method: str = "entropy",
                       batch_size: int = 32, **scorer_options) -> pd.DataFrame:
-    """``prediction_records`` for every threshold setting, the model zero-shot (merge at zero)."""
+    """``prediction_records`` for every threshold setting, the model zero-shot (merge at zero); maps computed once."""
     apt = from_timm(model, num_scales, settings[0], method, **scorer_options)
+    with torch.no_grad():
+        maps = apt.tokenizer.compute_importance_maps(images)  # once: thresholds change selection only
     frames = []
     for thresholds in settings:
         apt.set_thresholds(thresholds)
-        frames.append(prediction_records(apt, images, labels, batch_size))
+        frames.append(prediction_records(apt, images, labels, batch_size, maps))
     return pd.concat(frames, ignore_index=True)
 
 

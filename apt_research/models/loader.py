@@ -210,21 +210,18 @@ def from_naflex(batch: dict, tokenizer: PatchTokenizer, images: torch.Tensor | N
         rows, cols = grid_shape(height, width, size)
         at = side == size
         cell_rows, cell_cols = coord[at, 0] * base // size, coord[at, 1] * base // size
-        order = torch.argsort((image_idx[at] * rows + cell_rows) * cols + cell_cols)
-        mask = torch.zeros(num_images, rows, cols, device=patches.device)
-        mask[image_idx[at], cell_rows, cell_cols] = 1.0
-        masks[size], resized[size] = mask, patches[at][order]
-    if images is not None:
-        out = patch_groups(images, masks, base)
-    else:
-        out = {}
-        for size in sizes:
-            keep = masks[size].bool()
-            kept_images, kept_rows, kept_cols = keep.nonzero(as_tuple=True)
-            out[f"resized_patches_{size}"] = resized[size]
-            out[f"pos_embed_mask_{size}"] = keep.flatten(1)
-            out[f"token_boxes_{size}"] = torch.stack(
-                [kept_images, kept_rows * size, kept_cols * size, torch.full_like(kept_images, size)], dim=1)
+        masks[size] = torch.zeros(num_images, rows, cols, device=patches.device)
+        masks[size][image_idx[at], cell_rows, cell_cols] = 1.0
+        # the tokenizer's order: image, then row, then column
+        resized[size] = patches[at][torch.argsort((image_idx[at] * rows + cell_rows) * cols + cell_cols)]
+    out = patch_groups(images, masks, base) if images is not None else {}
+    for size in sizes if images is None else ():
+        keep = masks[size].bool()
+        kept_images, kept_rows, kept_cols = keep.nonzero(as_tuple=True)
+        out[f"resized_patches_{size}"] = resized[size]
+        out[f"pos_embed_mask_{size}"] = keep.flatten(1)
+        out[f"token_boxes_{size}"] = torch.stack(
+            [kept_images, kept_rows * size, kept_cols * size, torch.full_like(kept_images, size)], dim=1)
     counts = torch.stack([masks[size].flatten(1).sum(1) for size in sizes], dim=1).long()
     seqlens = (counts.sum(1) + 1).tolist()
     out["masks"] = masks

@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .._validation import check_thresholds
 from ..tokenizer import CLASS_TOKEN, PatchTokenizer
 
 POOLS = ("token", "avg")
@@ -115,8 +116,6 @@ class AptViT(nn.Module):
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use other thresholds from now on (checked as ``PatchTokenizer`` checks them)."""
-        from .._validation import check_thresholds
-
         self.tokenizer.thresholds = check_thresholds(thresholds, self.tokenizer.num_scales)
 
     def tokenize(self, images: torch.Tensor, importance_maps: dict | None = None) -> dict:
