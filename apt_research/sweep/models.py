@@ -2,12 +2,12 @@
 
 A configuration with ``model`` set loads the classifier once (``apt_research.models.load_model``: a timm
 model, or ``synthetic``: the small ViT trained in-process on the labelled synthetic data set, cached in
-the sweep's cache folder), predicts every image from its uniform base-patch tokens once, and from its APT
-tokens once per threshold setting, with the importance maps the records already use (so the tokens the
+the sweep's cache folder), and at each threshold setting predicts every image from its uniform base-patch
+tokens and from its APT tokens, made from the importance maps the records already use (so the tokens the
 model sees are those the records count). Each record then gets the columns of
 ``apt_research.models.prediction_records``: both top-1 classes (``uniform_pred``, ``apt_pred``), their
-``agreement``, ``uniform_top1_correct`` and ``top1_correct`` where the image's label is one of the model's
-classes, ``kl`` (the KL divergence of the APT softmax from the uniform one, nats) and the time of each
+``agreement``, ``uniform_top1_correct`` and ``top1_correct`` where every image's label is one of the
+model's classes (the synthetic kinds for ``synthetic``), ``kl`` (the KL divergence of the APT softmax from the uniform one, nats) and the time of each
 forward pass per image (``uniform_seconds``, ``apt_seconds``; APT's includes packing, not scoring).
 """
 
@@ -16,11 +16,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .._io import atomic_path
 from ..datasets import SYNTHETIC_KINDS
@@ -145,8 +143,8 @@ class ModelEvaluator:
         model, classes = load_model(params, cache_dir)
         if model.num_classes == 0:
             raise ValueError(f"model {params['model']!r} has no classifier head (num_classes=0); expected logits")
-        self.device = torch.device(params["device"])
-        model = model.to(self.device)
+        device = torch.device(params["device"])
+        model = model.to(device)
         # Placeholder thresholds: ``records`` sets each setting's (calibrated ones are known only later).
         self.apt = from_timm(model, params["num_scales"], [0.0] * (params["num_scales"] - 1), params["method"],
                              **scorer_options(params))
@@ -154,40 +152,22 @@ class ModelEvaluator:
             raise ValueError(f"model {params['model']!r} has patch size {self.apt.patch_size}, but the key "
                              f"'patch_size' is {params['patch_size']}; expected them equal")
         self.batch_size = params["batch_size"]
-        self.images = [normalise(p.to(self.device), model) for p in pixels]
-        self.maps = maps
-        self.labels = [classes.index(m["label"]) if classes and m.get("label") in classes else None for m in metas]
-        with torch.inference_mode():
-            self.uniform, self.uniform_time = self._predict(lambda images, _: model(images))
-
-    def _predict(self, forward) -> tuple[torch.Tensor, list[float]]:
-        """Logits of every image, batch by batch, and each image's share of its batch's forward time."""
-        logits, times = [], []
-        for start in range(0, len(self.images), self.batch_size):
-            images = torch.stack(self.images[start : start + self.batch_size])
-            maps = {size: torch.stack([m[size] for m in self.maps[start : start + self.batch_size]]).to(self.device)
-                    for size in self.maps[start]}
-            begin = time.perf_counter()
-            logits.append(forward(images, maps).float().cpu())
-            times += [(time.perf_counter() - begin) / len(images)] * len(images)
-        return torch.cat(logits), times
+        self.images = normalise(torch.stack(pixels).to(device), model)
+        self.maps = {size: torch.stack([m[size] for m in maps]).to(device) for size in maps[0]}
+        labels = [m.get("label") for m in metas]
+        self.labels = (torch.tensor([classes.index(label) for label in labels])
+                       if classes and all(label in classes for label in labels) else None)
 
     def records(self, thresholds: list[float]) -> list[dict]:
-        """Each image's predictions with APT tokens at ``thresholds``, against its uniform-token prediction."""
+        """Each image's ``prediction_records`` columns with APT tokens at ``thresholds`` (the run's maps)."""
+        from ..models import prediction_records
+
         self.apt.set_thresholds(thresholds)
-        with torch.inference_mode():
-            logits, times = self._predict(lambda images, maps: self.apt(self.apt.tokenize(images, maps)))
-        kl = F.kl_div(logits.log_softmax(-1), self.uniform.log_softmax(-1), log_target=True,
-                      reduction="none").sum(-1)
-        uniform_pred, apt_pred = self.uniform.argmax(-1).tolist(), logits.argmax(-1).tolist()
-        rows = []
-        for i, label in enumerate(self.labels):
-            rows.append({
-                "uniform_pred": uniform_pred[i], "apt_pred": apt_pred[i],
-                "agreement": uniform_pred[i] == apt_pred[i],
-                "uniform_top1_correct": None if label is None else uniform_pred[i] == label,
-                "top1_correct": None if label is None else apt_pred[i] == label,
-                "kl": float(kl[i]),
-                "uniform_seconds": self.uniform_time[i], "apt_seconds": times[i],
-            })
-        return rows
+        table = prediction_records(self.apt, self.images, self.labels, self.batch_size, self.maps)
+        return [{column: row.get(column) for column in PREDICTION_COLUMNS} for row in table.to_dict("records")]
+
+
+PREDICTION_COLUMNS = ("uniform_pred", "apt_pred", "agreement", "uniform_top1_correct", "top1_correct", "kl",
+                      "uniform_seconds", "apt_seconds")
+"""The columns of ``prediction_records`` that join a sweep record (the others it has already); the two
+``top1_correct`` columns are empty where the images have no labels among the model's classes."""
