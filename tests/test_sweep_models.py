@@ -123,3 +123,16 @@ def test_a_model_sweep_without_timm_stops_before_anything_runs(tmp_path, monkeyp
         load_spec(spec)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
     assert "apt-research[models]" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_model_figure_leaves_out_accuracy_without_labels():
+    from apt_research.figures import plot_model_vs_retention
+
+    summary = pd.DataFrame({"retention_mean": [1.0, 0.5, 1.0, 0.6], "agreement": [1.0, 0.7, 1.0, 0.8],
+                            "top1_accuracy": np.nan, "uniform_top1_accuracy": np.nan, "psnr_mean": [np.nan, 30, np.nan, 32],
+                            "ssim_mean": [1.0, 0.9, 1.0, 0.95], "method": ["entropy", "entropy", "laplacian", "laplacian"]})
+    figure = plot_model_vs_retention(summary, curve="method")
+    ylabels = [ax.get_ylabel() for ax in figure.axes]
+    assert ylabels == ["top-1 agreement with uniform tokens", "PSNR of reconstruction (dB)", "SSIM of reconstruction"]
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["entropy", "laplacian"]
+    assert list(figure.axes[0].get_lines()[0].get_xdata()) == [0.5, 1.0]
