@@ -285,3 +285,41 @@ def plot_speedup_curves(ax, base_tokens: float, patch_size: int = 16, models=("v
         ax.plot(retention, uniform / vit_flops(1 + retention * base_tokens, model, patch_size), color=colour,
                 linewidth=1.0, label=f"{model} model")
     return ax
+
+
+MODEL_PANELS = (("agreement", "top-1 agreement with uniform tokens"), ("top1_accuracy", "top-1 accuracy (dashed: uniform)"),
+                ("psnr_mean", "PSNR of reconstruction (dB)"), ("ssim_mean", "SSIM of reconstruction"))
+"""The panels of ``plot_model_vs_retention``: summary column and axis label."""
+
+
+def plot_model_vs_retention(summary, curve: str = "configuration"):
+    """A classifier's agreement and accuracy on APT tokens against retention, beside PSNR and SSIM.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        One row per threshold setting: ``retention_mean``, ``agreement`` (share of images whose APT top-1
+        equals their uniform top-1), ``top1_accuracy`` and ``uniform_top1_accuracy`` (NaN without labels;
+        that panel is then left out), ``psnr_mean``, ``ssim_mean``, and ``curve``.
+    curve : str
+        The column whose values get one line each (e.g. the scorer); the points are the threshold settings.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per metric, the legend right of the last; dashed lines: accuracy on uniform tokens.
+    """
+    panels = [(column, label) for column, label in MODEL_PANELS if column in summary and summary[column].notna().any()]
+    names = sorted(summary[curve].astype(str).unique())
+    colours = dict(zip(names, sns.color_palette("colorblind", len(names))))
+    figure, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN_WIDTH_IN, 2.2), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        for name, part in summary.sort_values("retention_mean").groupby(summary[curve].astype(str)):
+            ax.plot(part["retention_mean"], part[column], marker="o", markersize=3, linewidth=1.0,
+                    color=colours[name], label=name)
+            if column == "top1_accuracy":
+                ax.axhline(part["uniform_top1_accuracy"].iloc[0], color=colours[name], linestyle="--", linewidth=0.8)
+        ax.set(xlabel="retention (mean)", ylabel=label)
+    axes[0, -1].legend(fontsize=6, title=curve, title_fontsize=6)
+    figure.tight_layout()
+    return figure

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .layout import write_json, write_records
 from .maps import maps_for
+from .models import ModelEvaluator
 from .parameters import PARAMETERS, ParameterError, closest, validate_params
 from .records import image_columns, threshold_records
 from .speed import measured_speed
@@ -47,8 +48,11 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
     pixels, maps, metas, skipped, hit = maps_for(params, cache_dir, shard=shard)
     maps_s = time.perf_counter() - start
     rows, columns = [], [image_columns(*item) for item in zip(pixels, maps, metas)]
+    evaluator = ModelEvaluator(params, pixels, maps, metas, cache_dir) if params["model"] and pixels else None
     for thresholds, extra in threshold_settings(params, maps):
         setting_rows = threshold_records(params, thresholds, pixels, maps, columns)
+        if evaluator is not None:
+            setting_rows = [dict(row, **model_row) for row, model_row in zip(setting_rows, evaluator.records(thresholds))]
         extra = dict(extra, **measured_speed(params, setting_rows))
         rows += [dict(row, **extra) for row in setting_rows]
     table = pd.DataFrame(rows)

@@ -38,7 +38,7 @@ def _field(default, doc: str, maps: bool = False, **constraints):
 class Parameters(BaseModel):
     """One configuration of a sweep run, validated."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, protected_namespaces=())
 
     dataset: str = _field("skimage", "`skimage`, `synthetic`, `folder` or a folder of images", maps=True)
     dataset_options: dict[str, Any] = _field(
@@ -62,8 +62,14 @@ class Parameters(BaseModel):
         "each with `--scheduler`); the records are the same")
     batch_size: int = _field(16, "images scored at once", ge=1)
     device: str = _field("cpu", "torch device of the scoring (`cpu`, `cuda`, `cuda:1`)")
+    model: Union[str, None] = _field(None, "classifier run on uniform and APT tokens: a timm model name or "
+                                           "`synthetic` (trained in the run on the synthetic kinds; needs the "
+                                           "`[models]` extra)")
+    pretrained: bool = _field(True, "load the timm model's pretrained weights (false: random weights)")
+    model_options: dict[str, Any] = _field({}, "keyword options of `timm.create_model`, or of "
+                                               "`train_synthetic_vit` for `synthetic`")
 
-    @field_validator("thresholds", "dataset_options", "method_options", "measure_speed", mode="before")
+    @field_validator("thresholds", "dataset_options", "method_options", "measure_speed", "model_options", mode="before")
     @classmethod
     def _tuples_as_lists(cls, value):
         return list(value) if isinstance(value, tuple) else value
@@ -116,6 +122,7 @@ class Parameters(BaseModel):
     @model_validator(mode="after")
     def _together(self, info: ValidationInfo):
         self._check_options()
+        self._check_model()
         self._check_dataset_options(info)
         if self.shard_size is not None and (self.target_retention is not None or self.measure_speed):
             raise ValueError("key 'shard_size' needs fixed thresholds and no measure_speed (calibration and speed "
@@ -131,6 +138,18 @@ class Parameters(BaseModel):
         self.target_retention = [float(t) for t in targets]
         self.thresholds = []
         return self
+
+    def _check_model(self) -> None:
+        if self.model is None:
+            if self.model_options:
+                raise ValueError(f"key 'model_options' needs a 'model', got model: null and {self.model_options!r}")
+            return
+        from .models import SQUARE_RESIZE, check_model
+
+        check_model(self.model, self.pretrained, self.model_options)
+        if self.resize not in SQUARE_RESIZE:
+            raise ValueError(f"key 'resize' is {self.resize!r}, but a 'model' takes square images: expected one of "
+                             f"{SQUARE_RESIZE}")
 
     def _check_options(self) -> None:
         """The scorer's own checks (names and values of its options, ``bins`` included) and the library's

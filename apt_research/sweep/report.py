@@ -117,6 +117,12 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
             column = f"score_{size}_{stat}"
             if column in records.columns:
                 aggregations[f"score_{size}_{stat}"] = (column, "mean")
+    if "agreement" in records:  # a classifier ran on uniform and APT tokens (sweep key 'model')
+        for column in ("agreement", "top1_correct", "uniform_top1_correct"):
+            records[column] = records[column].astype(float)
+        aggregations.update(agreement=("agreement", "mean"), top1_accuracy=("top1_correct", "mean"),
+                            uniform_top1_accuracy=("uniform_top1_correct", "mean"),
+                            kl_mean=("kl", "mean"))
     for column in records.columns:
         if column.startswith("measured_speedup_"):
             aggregations[column] = (column, "mean")
@@ -237,6 +243,12 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         ax.set(xlabel="predicted ViT-B speedup (cost model)", ylabel="PSNR of reconstruction (dB)")
         save(figure, "fidelity_vs_speedup")
 
+    if "agreement" in summary:
+        curve = "configuration" if summary["dataset"].nunique() == 1 else "data set | configuration"
+        curves = summary.assign(**{"data set | configuration": summary["dataset"].astype(str) + " | "
+                                                                + summary["configuration"]})
+        save(figures.plot_model_vs_retention(curves, curve=curve), "model_vs_retention")
+
     for column in varied_parameters(records):  # one panel per varied parameter: the ablation of that parameter
         figure, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH_IN * 2, 2.4))
         dodge = 0.3 if records["dataset"].nunique() > 1 else False
@@ -254,7 +266,8 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
 
 
 FIGURES = ("dataset_examples", "retention_vs_threshold", "entropy_distributions", "scale_mix", "fidelity_vs_retention",
-           "speedup_vs_retention", "fidelity_vs_speedup", *(f"{key}_ablation" for key in PARAMETERS))
+           "speedup_vs_retention", "fidelity_vs_speedup", "model_vs_retention",
+           *(f"{key}_ablation" for key in PARAMETERS))
 """Every figure ``make_figures`` can write: those not made this time are removed, so none is stale."""
 
 
@@ -282,6 +295,9 @@ def report_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "Token budgets and speed (cost model; measured where the spec asked)":
             summary[keys + ["retention_mean", "psnr_mean", "ssim_mean"]
                     + [c for c in summary if c.startswith(("speedup_pred_", "measured_"))]],
+        **({"Classifier on APT against uniform tokens (agreement, top-1 accuracy, KL)":
+            summary[keys + ["retention_mean", "agreement", "top1_accuracy", "uniform_top1_accuracy",
+                            "kl_mean", "psnr_mean", "ssim_mean"]]} if "agreement" in summary else {}),
         "Scale mix (share of tokens per patch size)": summary[keys + [c for c in summary if c.startswith("mix_")]],
         "Entropy statistics (mean over images of each image's per-scale statistic)":
             summary[[k for k in keys if k not in SETTING_COLUMNS]
