@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import reference  # noqa: E402  (tests/reference.py)
 
 from apt_research.entropy import apply_border_rule, bin_indices, grayscale, grid_shape, scale_sizes  # noqa: E402
-from apt_research.selection import select_patches_by_threshold  # noqa: E402
 
 
 def histc_loop_maps(images, patch_size, num_scales, bins):
