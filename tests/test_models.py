@@ -73,6 +73,17 @@ def test_merged_forward_is_each_image_through_timm(options):
     assert relative_error(got, expected) <= 1e-5
 
 
+def test_set_thresholds_keeps_the_tokenizer_s_rules():
+    apt = from_timm(tiny(), num_scales=3, thresholds=THRESHOLDS)
+    with pytest.raises(ValueError, match="pad_value must be at least every threshold"):
+        apt.set_thresholds([2e6, 1.0])  # above the default pad value 1e6: padded border patches would be kept
+    with pytest.raises(ValueError, match="num_scales - 1 = 2 entries"):
+        apt.set_thresholds([1.0])
+    assert apt.tokenizer.thresholds == THRESHOLDS
+    apt.set_thresholds([1.0, 2.0])
+    assert apt.tokenizer.thresholds == [1.0, 2.0]
+
+
 def reference_embeddings(model, images, tokens, merge=None):
     """Each packed token embedded from its box, one at a time: resize to p, embed, add its position
     embedding (resampled to the scale's grid), plus ``merge(sub-patch embedding grid)`` if given."""
