@@ -239,7 +239,7 @@ class AptViT(nn.Module):
         """What the timm model's forward returns (logits, or pooled features for a headless model).
 
         ``inputs``: normalised images ``(B, 3, H, W)``, or a dict the tokenizer
-        (or ``apt_research.models.Collate``) made.
+        (or ``apt_research.models.PackCollate``) made.
         """
         tokens = self.tokenize(inputs) if isinstance(inputs, torch.Tensor) else inputs
         pooled = self.pool(self.forward_features(tokens), tokens["seqlens"])
