@@ -9,6 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .contract import MAX_BINS
+
 
 class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit code 2."""
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--thresholds", type=_thresholds, nargs="*",
                      help="num_scales - 1 numbers, '5.75 4.0' or '5.75,4.0' (default 5.75 4.0)")
     vis.add_argument("--method", help="a registered scorer (default entropy)")
-    vis.add_argument("--bins", type=int, help="histogram bins of the entropy scorer, 2 to 65536 (default 512)")
+    vis.add_argument("--bins", type=int, help=f"histogram bins of the entropy scorer, 2 to {MAX_BINS} (default 512)")
     vis.add_argument("--device", help="cpu (default), cuda, cuda:1 or mps")
     vis.add_argument("--max-pixels", type=int,
                      help="larger images are shrunk by an integer factor while decoding (default 25000000)")

@@ -3,8 +3,8 @@
 Every function returns a matplotlib ``Figure``; ``save_figure`` writes it as
 PDF and PNG atomically, with every legend outside the data. ``paper_style`` sets
 one seaborn theme with fonts sized for a paper column; ``figure_size`` gives one-
-and two-column sizes; ``dataset_palette`` gives each data set one colour in every
-figure.
+and two-column sizes; ``dataset_palette`` gives each data set one colour, the same
+in every figure drawn with that palette.
 """
 
 from __future__ import annotations
@@ -71,10 +71,13 @@ def figure_size(columns: int = 1, aspect: float = 0.72) -> tuple[float, float]:
 
 
 def dataset_palette(names) -> dict[str, tuple[float, float, float]]:
-    """One fixed colour per data set name, the same in every figure and every sweep.
+    """One colour per data set name: fixed for the bundled sets, distinct within one call.
 
     The bundled data sets have their own colours; any other name (a folder) gets the colour a hash
-    of its name picks, moved to the next free colour when two names of one call would share it.
+    of its name picks, moved to the next free colour when two names of one call would share it. So
+    a folder's colour may depend on the other names of the call: make one palette of every data set
+    of a report and pass it to each of its figures (``plot_dataset_examples(..., palette=)``,
+    seaborn's ``palette=``).
 
     Parameters
     ----------
@@ -194,7 +197,7 @@ def plot_patch_grid(pixels: torch.Tensor, masks: dict[int, torch.Tensor], index:
     return figure
 
 
-def plot_dataset_examples(examples, columns: int = 2):
+def plot_dataset_examples(examples, columns: int = 2, palette: dict | None = None):
     """Example images with their patch grids, one row per data set, the row named in the data set's colour.
 
     Parameters
@@ -204,6 +207,10 @@ def plot_dataset_examples(examples, columns: int = 2):
         ``masks`` its selection ``{patch_size: (h, w) bool}``.
     columns : {1, 2}
         Paper columns the figure spans.
+    palette : dict, optional
+        ``{dataset: colour}`` of the report the figure belongs to (``dataset_palette`` of all its
+        data sets), so that each row has its colour in the other figures; by default
+        ``dataset_palette`` of the data sets in ``examples``.
 
     Returns
     -------
@@ -211,12 +218,16 @@ def plot_dataset_examples(examples, columns: int = 2):
     """
     if not examples or not all(examples.values()):
         raise ValueError(f"examples must map each data set to at least one (title, pixels, masks), got {examples!r}")
+    colours = dataset_palette(list(examples)) if palette is None else palette
+    missing = [name for name in examples if name not in colours]
+    if missing:
+        raise ValueError(f"palette must give a colour to every data set of examples; it lacks {missing}, "
+                         f"has {sorted(colours)}")
     width = figure_size(columns)[0]
     per_row = max(len(items) for items in examples.values())
     cell = width / per_row
     figure, axes = plt.subplots(len(examples), per_row, figsize=(width, cell * len(examples) + 0.3 * len(examples)),
                                 squeeze=False)
-    colours = dataset_palette(list(examples))
     for row, (dataset, items) in zip(axes, examples.items()):
         for ax in row:
             ax.set_axis_off()

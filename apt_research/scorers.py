@@ -138,6 +138,32 @@ def scorer_options(method: str) -> dict[str, object]:
     return dict(get_scorer(method).options)
 
 
+def options_with_bins(method: str, options: dict, bins: int) -> dict:
+    """``options`` with ``bins`` added when scorer ``method`` takes a ``bins`` option, else unchanged.
+
+    The one rule of the command line, the explorer and the sweeps: ``bins`` is a setting of its own
+    there, passed on only to a scorer whose signature has it (``entropy``, or a registered one).
+
+    Parameters
+    ----------
+    method : str
+        A registered scorer's name.
+    options : dict
+        The scorer's other keyword options; not modified.
+    bins : int
+        The histogram bins to pass on.
+
+    Returns
+    -------
+    dict
+        A new dict of the keyword options to give the scorer.
+    """
+    merged = dict(options)
+    if "bins" in scorer_options(method):
+        merged["bins"] = bins
+    return merged
+
+
 def _patch_values(values: torch.Tensor, size: int) -> torch.Tensor:
     """``(B, H, W)`` values, zero-padded to the scale's grid, as ``(B, h, w, size*size)``."""
     height, width = values.shape[-2:]

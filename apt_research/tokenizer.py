@@ -219,20 +219,38 @@ class PatchTokenizer(nn.Module):
         self.base_patch_size = check_int("base_patch_size", base_patch_size, 1)
         self.image_size = _pair("image_size", image_size)
         check_extent(self.base_patch_size, self.num_scales, *self.image_size, names=("base_patch_size", "num_scales"))
-        self.thresholds = check_thresholds(thresholds, num_scales)
+        self.pad_value = check_pad_value(pad_value)
+        self.set_thresholds(thresholds)
         self.scorer = get_scorer(method)
         self.method = method
         self.method_options = self.scorer.resolve(method_options)
-        self.pad_value = check_pad_value(pad_value)
-        if self.thresholds and self.pad_value < max(self.thresholds):
-            raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
-                             f"kept (the border rule); got pad_value={pad_value!r} below thresholds {self.thresholds}")
         self.patch_sizes = scale_sizes(base_patch_size, num_scales)
         # The reference undoes the normalisation as a second one, (x - m') / s'; kept for exact token counts.
         shift, scale = _unnormalisation(mean, std)
         self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
         self._threshold_cache = None
+
+    def set_thresholds(self, thresholds: Sequence[float]) -> None:
+        """Use ``thresholds`` from now on, checked as the constructor checks them.
+
+        Parameters
+        ----------
+        thresholds : sequence of float
+            ``num_scales - 1`` finite numbers, none above ``pad_value`` (the border rule:
+            padded border patches are never kept above scale 0).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``thresholds`` or ``pad_value``, the values and what was expected;
+            the tokenizer keeps its previous thresholds.
+        """
+        checked = check_thresholds(thresholds, self.num_scales)
+        if checked and self.pad_value < max(checked):
+            raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
+                             f"kept (the border rule); got pad_value={self.pad_value!r} below thresholds {checked}")
+        self.thresholds = checked
 
     def extra_repr(self) -> str:
         return (

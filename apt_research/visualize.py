@@ -29,10 +29,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import figures
-from ._validation import check_device, check_int, check_thresholds
+from ._validation import check_bins, check_device, check_int, check_thresholds
 from .analysis import fidelity, reconstruct, token_record
 from .datasets import RESIZE_POLICIES, resize_image
-from .scorers import compute_importance_maps, scorer_options
+from .scorers import compute_importance_maps, options_with_bins, scorer_options
 from .selection import select_patches_by_threshold
 
 WRITTEN_BY = "apt-research visualize"
@@ -72,10 +72,7 @@ class VisualizeConfig:
         """Validate every field (each error names its ``--option`` and value); returns ``self``."""
         check_int("--patch-size", self.patch_size, 1)
         check_int("--num-scales", self.num_scales, 1)
-        check_int("--bins", self.bins, 2)
-        if self.bins > 65536:
-            raise ValueError(f"--bins must be an int in [2, 65536] (more bins only split float rounding of "
-                             f"8-bit gray values), got {self.bins}")
+        check_bins(self.bins, "--bins")
         check_int("--max-pixels", self.max_pixels, 1)
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"--resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
@@ -94,7 +91,8 @@ class VisualizeConfig:
         return self
 
     def scorer_options(self) -> dict:
-        return {"bins": self.bins} if self.method == "entropy" else {}
+        """The scorer's keyword options: ``bins`` for a scorer that takes it (see ``options_with_bins``)."""
+        return options_with_bins(self.method, {}, self.bins)
 
     def check_side(self, side: int, what: str) -> None:
         """Refuse an analysed short side ``side`` that cannot hold the coarsest patch or the SSIM window."""

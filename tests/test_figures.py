@@ -135,3 +135,17 @@ def test_dataset_examples_show_each_set_with_its_patch_grid():
     with pytest.raises(ValueError, match="examples must map each data set"):
         figures.plot_dataset_examples({"skimage": []})
     plt.close("all")
+
+
+def test_dataset_examples_take_the_report_s_palette():
+    """A folder keeps the report's colour in the examples figure, which may show only some data sets."""
+    pixels = torch.from_numpy(synthetic_image("shapes", 64, 0)).permute(2, 0, 1).float()
+    masks = {size: mask[0] for size, mask in select_patches_by_threshold(
+        compute_patch_entropy_batched(pixels[None], 16, 2, 64), [4.0]).items()}
+    report = figures.dataset_palette(["/data/set0", "/data/set2"])
+    assert report["/data/set2"] != figures.dataset_palette(["/data/set2"])["/data/set2"]  # the collision moved it
+    figure = figures.plot_dataset_examples({"/data/set2": [("shapes", pixels, masks)]}, palette=report)
+    assert figure.axes[0].yaxis.label.get_color() == report["/data/set2"]
+    with pytest.raises(ValueError, match=r"palette must give a colour to every data set of examples; it lacks \['/x'\]"):
+        figures.plot_dataset_examples({"/x": [("shapes", pixels, masks)]}, palette=report)
+    plt.close("all")

@@ -40,12 +40,14 @@ def relative_error(got, expected):
 def test_nothing_merged_equals_timm(name):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, img_size=224).eval()
-    apt = from_timm(model, num_scales=3, thresholds=[0.0, 0.0])  # entropy is never below 0 bits
-    images = normalised(skimage_batch(224, 224, NAMES[:1]), model)
+    # A flat patch scores -1.4e-10 bits (the log's epsilon), so only a negative threshold keeps every patch.
+    apt = from_timm(model, num_scales=3, thresholds=[-1.0, -1.0])
+    flat = torch.full((1, 3, 224, 224), 128.0)
+    images = normalised(torch.cat([skimage_batch(224, 224, NAMES[:1]), flat]), model)
     with torch.no_grad():
         tokens = apt.tokenize(images)
         patch = model.patch_embed.patch_size[0]
-        assert tokens["seqlens"] == [1 + (224 // patch) ** 2]
+        assert tokens["seqlens"] == [1 + (224 // patch) ** 2] * 2
         expected = model(images)
         got = apt(tokens)
     assert expected.abs().max() > 0
@@ -71,6 +73,17 @@ def test_merged_forward_is_each_image_through_timm(options):
             expected.append(model.forward_head(features))
         expected = torch.cat(expected)
     assert relative_error(got, expected) <= 1e-5
+
+
+def test_set_thresholds_keeps_the_tokenizer_s_rules():
+    apt = from_timm(tiny(), num_scales=3, thresholds=THRESHOLDS)
+    with pytest.raises(ValueError, match="pad_value must be at least every threshold"):
+        apt.set_thresholds([2e6, 1.0])  # above the default pad value 1e6: padded border patches would be kept
+    with pytest.raises(ValueError, match="num_scales - 1 = 2 entries"):
+        apt.set_thresholds([1.0])
+    assert apt.tokenizer.thresholds == THRESHOLDS
+    apt.set_thresholds([1.0, 2.0])
+    assert apt.tokenizer.thresholds == [1.0, 2.0]
 
 
 def reference_embeddings(model, images, tokens, merge=None):

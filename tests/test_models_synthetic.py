@@ -14,6 +14,7 @@ pytest.importorskip("timm", reason="timm is the optional [models] extra (python3
 
 from apt_research.datasets import SYNTHETIC_KINDS, iter_images, load_dataset  # noqa: E402
 from apt_research.models import (  # noqa: E402
+    UNKNOWN_LABEL,
     accuracy_by_setting,
     from_timm,
     labelled_images,
@@ -55,6 +56,23 @@ def test_training_learns(classifier):
     with torch.no_grad():
         loss = F.cross_entropy(classifier(normalise(pixels, classifier)), labels)
     assert loss < 0.8 * np.log(len(SYNTHETIC_KINDS))  # below chance level
+
+
+def test_an_unknown_label_leaves_only_its_own_image_unscored(classifier):
+    known = SYNTHETIC_KINDS[:-1]  # the last kind is not among the classes
+    images, labels = labelled_images(classifier, "synthetic", {"count": 12, "size": 80, "seed": 100}, known)
+    assert labels.tolist() == [0, 1, 2, 3, 4, UNKNOWN_LABEL] * 2
+    records = threshold_records(classifier, images, labels, 2, [[-1.0], [7.0]], batch_size=5)
+    unknown = records["image"] % len(SYNTHETIC_KINDS) == len(SYNTHETIC_KINDS) - 1
+    for column in ("label", "top1_correct", "uniform_top1_correct"):
+        assert records.loc[unknown, column].isna().all() and records.loc[~unknown, column].notna().all(), column
+    assert (records.loc[~unknown, "top1_correct"] == (records.loc[~unknown, "apt_pred"]
+                                                      == records.loc[~unknown, "label"])).all()
+    summary = accuracy_by_setting(records).set_index("thresholds")
+    expected = records[~unknown].groupby("thresholds")["top1_correct"].apply(lambda c: c.astype(float).mean())
+    assert np.allclose(summary.loc[expected.index, "top1_correct"].astype(float), expected)
+    with pytest.raises(ValueError, match="labels must be class indices >= 0 or UNKNOWN_LABEL"):
+        prediction_records(from_timm(classifier, 2, [7.0]), images[:2], torch.tensor([0, -2]))
 
 
 def test_records_compare_uniform_and_apt(classifier):

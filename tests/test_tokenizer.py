@@ -209,3 +209,28 @@ def test_construction_checks_the_scorer_once():
     finally:
         SCORERS.pop("flat_check")
     assert calls == [{"level": 0.5}]
+
+
+@pytest.mark.parametrize("thresholds,error,message", [
+    ([5.0], ValueError, "num_scales - 1 = 2 entries"),
+    ([float("nan"), 1.0], ValueError, "thresholds must be finite"),
+    ("5,4", TypeError, "thresholds must be a list of 2 numbers"),
+    ([11.0, 1.0], ValueError, "pad_value must be at least every threshold"),
+])
+def test_set_thresholds_checks_as_the_constructor(thresholds, error, message):
+    with pytest.raises(error, match=message):
+        PatchTokenizer(3, 16, 64, thresholds, pad_value=10.0)
+    tokenizer = PatchTokenizer(3, 16, 64, [5.0, 4.0], pad_value=10.0)
+    with pytest.raises(error, match=message):
+        tokenizer.set_thresholds(thresholds)
+    assert tokenizer.thresholds == [5.0, 4.0]  # a refused setting leaves the old one
+
+
+def test_set_thresholds_gives_a_fresh_tokenizer_s_tokens():
+    images = normalise(skimage_batch(64, 64, ["astronaut", "camera"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [-1.0, -1.0], MEAN, STD)
+    assert tokenizer(images)["seqlens"] == [65, 65]  # nothing merged
+    tokenizer.set_thresholds([6.5, 7.0])
+    assert tokenizer.thresholds == [6.5, 7.0]
+    merged = PatchTokenizer(3, 8, 64, [6.5, 7.0], MEAN, STD)(images)["seqlens"]
+    assert tokenizer(images)["seqlens"] == merged and merged != [65, 65]

@@ -8,6 +8,9 @@ from PIL import Image
 from skimage import data
 
 from apt_research.cli import main
+from apt_research.contract import MAX_BINS
+from apt_research.scorers import SCORERS, register_scorer
+from apt_research.visualize import VisualizeConfig
 
 LAYOUT = [
     "01_heatmaps/importance_map_scale_16.png",
@@ -85,6 +88,7 @@ def test_bad_images_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, arg
 BAD_OPTIONS = {
     "bins 1": (["--bins", "1"], "--bins", "1"),
     "bins too many": (["--bins", "70000"], "--bins", "70000"),
+    "bins above the library's limit": (["--bins", "5000"], "--bins", "5000"),
     "bins not a number": (["--bins", "many"], "--bins", "many"),
     "bins without value": (["--bins"], "--bins", ""),
     "patch size 0": (["--patch-size", "0"], "--patch-size", "0"),
@@ -179,3 +183,26 @@ def test_no_resize_refuses_an_image_too_small_for_its_patches(tmp_path, capsys, 
                       *thresholds, "--", str(image)], capsys)
     assert code == 2 and len(err) == 1 and "--no-resize: the short side" in err[0] and str(image) in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_bins_limit_is_the_library_s(capsys):
+    with pytest.raises(ValueError, match=rf"--bins must be an int in \[2, {MAX_BINS}\], got {MAX_BINS + 1}"):
+        VisualizeConfig(bins=MAX_BINS + 1).check()
+    assert VisualizeConfig(bins=MAX_BINS).check().bins == MAX_BINS
+    with pytest.raises(SystemExit):
+        main(["visualize", "--help"])
+    assert f"2 to {MAX_BINS}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_bins_reach_any_scorer_that_takes_them():
+    saved = dict(SCORERS)
+    try:
+        @register_scorer("binned_test")
+        def binned(images, patch_size, num_scales, *, bins=8):
+            return {}
+        assert VisualizeConfig(method="binned_test", bins=64).scorer_options() == {"bins": 64}
+        assert VisualizeConfig(method="laplacian", bins=64).scorer_options() == {}
+        assert VisualizeConfig(method="entropy", bins=64).scorer_options() == {"bins": 64}
+    finally:
+        SCORERS.clear()
+        SCORERS.update(saved)

@@ -5,6 +5,7 @@ synthetic classifier need it.
 """
 
 from .evaluate import (
+    UNKNOWN_LABEL,
     accuracy_by_setting,
     labelled_images,
     plot_accuracy_vs_retention,
@@ -19,6 +20,7 @@ __all__ = [
     "AptViT",
     "MapsTransform",
     "PackCollate",
+    "UNKNOWN_LABEL",
     "accuracy_by_setting",
     "from_naflex",
     "from_timm",

@@ -13,6 +13,9 @@ from ..selection import retention
 from .synthetic import normalise
 from .timm_vit import AptViT, from_timm
 
+UNKNOWN_LABEL = -1
+"""The class index of an image whose label is not among the model's classes (its correctness is ``<NA>``)."""
+
 
 def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor | None = None,
                        batch_size: int = 32, importance_maps: dict | None = None) -> pd.DataFrame:
@@ -25,7 +28,8 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
     images : Tensor
         ``(N, 3, H, W)`` normalised as the model expects.
     labels : Tensor, optional
-        ``(N,)`` class indices in the model's output, where the data set has them.
+        ``(N,)`` class indices in the model's output, where the data set has them;
+        ``UNKNOWN_LABEL`` (-1) marks an image whose label is not among them.
     batch_size : int
         Images per forward pass.
     importance_maps : dict, optional
@@ -39,11 +43,16 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
         included), ``retention`` (patch tokens / base-grid tokens), ``uniform_pred``,
         ``apt_pred``, ``agreement`` (same top-1), ``kl`` (KL divergence of the APT
         softmax from the uniform one, nats), ``label``, ``uniform_top1_correct`` and
-        ``top1_correct`` (APT; both missing without labels), ``uniform_seconds`` and
+        ``top1_correct`` (APT; all three missing without labels, and ``<NA>`` in the rows
+        of images labelled ``UNKNOWN_LABEL``; nullable ``Int64`` and ``boolean``
+        columns, whose means skip the missing rows), ``uniform_seconds`` and
         ``apt_seconds`` (wall time per image, tokenization included for APT).
     """
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"labels must have one entry per image ({len(images)}), got {len(labels)}")
+    if labels is not None and len(labels) and int(labels.min()) < UNKNOWN_LABEL:
+        raise ValueError(f"labels must be class indices >= 0 or UNKNOWN_LABEL ({UNKNOWN_LABEL}), "
+                         f"got {int(labels.min())}")
     rows = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -70,11 +79,16 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
                 }
                 row["agreement"] = row["uniform_pred"] == row["apt_pred"]
                 if labels is not None:
-                    row["label"] = int(labels[index])
-                    row["uniform_top1_correct"] = row["uniform_pred"] == row["label"]
-                    row["top1_correct"] = row["apt_pred"] == row["label"]
+                    label = int(labels[index])
+                    known = label != UNKNOWN_LABEL
+                    row["label"] = label if known else None
+                    row["uniform_top1_correct"] = row["uniform_pred"] == label if known else None
+                    row["top1_correct"] = row["apt_pred"] == label if known else None
                 rows.append(row)
-    return pd.DataFrame(rows)
+    records = pd.DataFrame(rows)
+    if labels is not None:
+        records = records.astype({"label": "Int64", "uniform_top1_correct": "boolean", "top1_correct": "boolean"})
+    return records
 
 
 def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | None = None,
@@ -82,8 +96,10 @@ def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | N
     """A data set's images resized to the model's input and normalised for it, with class indices.
 
     ``class_names`` maps each image's label (its synthetic kind, or its folder)
-    to the model's output index; images whose label is not among them get no
-    label, and without ``class_names`` there are no labels.
+    to the model's output index; an image whose label is not among them gets
+    ``UNKNOWN_LABEL`` (-1), so ``prediction_records`` leaves its correctness
+    missing while the other images keep theirs. Without ``class_names`` the
+    labels are ``None``.
     """
     source = load_dataset(dataset, **(dataset_options or {}))
     height, width = model.patch_embed.img_size
@@ -92,11 +108,10 @@ def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | N
                                    progress=False):
         pixels.append(image)
         labels.append(list(class_names).index(meta["label"]) if class_names and meta["label"] in class_names
-                      else None)
+                      else UNKNOWN_LABEL)
     if not pixels:
         raise ValueError(f"dataset {dataset!r} with options {dataset_options} yielded no image")
-    labels = torch.tensor(labels) if None not in labels else None
-    return normalise(torch.stack(pixels), model), labels
+    return normalise(torch.stack(pixels), model), torch.tensor(labels) if class_names else None
 
 
 def threshold_records(model, images: torch.Tensor, labels, num_scales: int, settings, method: str = "entropy",

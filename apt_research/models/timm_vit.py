@@ -15,7 +15,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .._validation import check_thresholds
 from ..tokenizer import CLASS_TOKEN, PatchTokenizer
 
 POOLS = ("token", "avg")
@@ -115,8 +114,8 @@ class AptViT(nn.Module):
         return f"model={type(self.model).__name__}, patch_size={self.patch_size}, pool={self.model.global_pool!r}"
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
-        """Use other thresholds from now on (checked as ``PatchTokenizer`` checks them)."""
-        self.tokenizer.thresholds = check_thresholds(thresholds, self.tokenizer.num_scales)
+        """Use other thresholds from now on (``PatchTokenizer.set_thresholds``: count, finiteness, border rule)."""
+        self.tokenizer.set_thresholds(thresholds)
 
     def tokenize(self, images: torch.Tensor, importance_maps: dict | None = None) -> dict:
         """The tokenizer's dict for ``images`` ``(B, 3, H, W)`` normalised as the model expects."""
@@ -240,7 +239,7 @@ class AptViT(nn.Module):
         """What the timm model's forward returns (logits, or pooled features for a headless model).
 
         ``inputs``: normalised images ``(B, 3, H, W)``, or a dict the tokenizer
-        (or ``apt_research.models.Collate``) made.
+        (or ``apt_research.models.PackCollate``) made.
         """
         tokens = self.tokenize(inputs) if isinstance(inputs, torch.Tensor) else inputs
         pooled = self.pool(self.forward_features(tokens), tokens["seqlens"])

@@ -25,7 +25,7 @@ from ..calibration import STRATEGIES
 from ..datasets import DATASETS, RESIZE_POLICIES, load_dataset
 from .._validation import check_extent
 from ..contract import MAX_BINS
-from ..scorers import SCORERS, get_scorer, scorer_options
+from ..scorers import SCORERS, get_scorer, options_with_bins, scorer_options
 from ..vit import VIT_CONFIGS
 
 Threshold = Annotated[float, Field(allow_inf_nan=False)]
@@ -198,10 +198,7 @@ class Parameters(BaseModel):
 
 def run_scorer_options(params: dict) -> dict:
     """The scorer's keyword options of a configuration (``bins`` joins them for a scorer that takes it)."""
-    options = dict(params["method_options"])
-    if "bins" in scorer_options(params["method"]):
-        options["bins"] = params["bins"]
-    return options
+    return options_with_bins(params["method"], params["method_options"], params["bins"])
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:

@@ -261,7 +261,7 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
 
     examples = example_patch_grids(out_dir.parent, records)
     if examples:
-        save(figures.plot_dataset_examples(examples, columns=2), "dataset_examples")
+        save(figures.plot_dataset_examples(examples, columns=2, palette=palette), "dataset_examples")
     return made
 
 
