@@ -188,3 +188,16 @@ def test_the_console_shows_progress_failures_and_each_warning_once(tmp_path):
     assert len([line for line in console.splitlines() if " failed: " in line]) == 1
     assert result.stdout.splitlines()[-1] == f"report: {tmp_path / 'out' / 'report.md'}"
     assert not list(temporary.glob("apt-kernel-*"))
+
+
+def test_parallel_runs_leave_the_working_directory_and_relative_out_alone(tmp_path, monkeypatch):
+    """Runs in threads must not change the process's directory (papermill's cwd= chdirs the whole process):
+    the report of a relative --out lands where the user asked, not inside a run's directory."""
+    monkeypatch.chdir(tmp_path)
+    changes = []
+    monkeypatch.setattr(os, "chdir", lambda path: None if Path(path).resolve() == tmp_path.resolve()
+                        else changes.append(path))
+    assert main(["sweep", str(SMOKE), "--out", "relative-out", "--jobs", "2"]) == 0
+    assert changes == [] and Path.cwd() == tmp_path
+    assert (tmp_path / "relative-out" / "report.md").is_file()
+    assert not list((tmp_path / "relative-out" / "runs").glob("*/relative-out"))

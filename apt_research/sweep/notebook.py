@@ -53,15 +53,20 @@ def _close_thread_event_loop() -> None:
         loop.close()
 
 
-def execute_notebook(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
-    """papermill on an IPC kernel, retrying a kernel start that fails (a dead kernel at start)."""
+def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
+    """papermill on an IPC kernel, retrying a kernel start that fails (a dead kernel at start).
+
+    No ``cwd``: papermill would ``chdir`` the whole process, and runs execute in threads, so one run's
+    change of directory would leak into another's (and into the sweep's relative paths). The run
+    notebook gets absolute paths instead.
+    """
     import papermill
 
     try:
         for attempt in range(KERNEL_START_TRIES):
             try:
                 papermill.execute_notebook(str(notebook), str(output), parameters=parameters, progress_bar=False,
-                                           cwd=str(cwd), kernel_name="python3", log_output=False,
+                                           kernel_name="python3", log_output=False,
                                            kernel_manager_class=IPCKernelManager, extra_arguments=KERNEL_ARGUMENTS)
                 return
             except papermill.PapermillExecutionError:
@@ -110,7 +115,7 @@ def execute_run(run_id: str, params: dict, sweep_dir: Path, sweep_name: str, cac
             execute_notebook(RUN_NOTEBOOK, temporary, {
                 **params, "output_dir": str(run_dir), "cache_dir": str(cache_dir),
                 "sweep": sweep_name, "run_id": run_id,
-            }, run_dir)
+            })
             if not (run_dir / "records.parquet").exists():
                 raise RuntimeError("the run notebook finished without writing records.parquet")
         except Exception as error:
