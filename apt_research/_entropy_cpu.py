@@ -43,7 +43,7 @@ def _pixel_bin(images, b, y, x, bins_f, last_bin):
     return min(index, last_bin)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _channel(value, shift, scale, denormalize):
     """A pixel value in [0, 255]: as stored, or ``clamp((x - shift) / scale * 255, 0, 255)`` in float32."""
     if denormalize:
@@ -52,38 +52,66 @@ def _channel(value, shift, scale, denormalize):
     return np.float32(value)
 
 
-@njit(cache=True)
-def _band_bins(images, b, y0, rows, bins, shifts, scales, denormalize, band):
+@njit(cache=True, inline="always")
+def _image_shape(images, channels_last):
+    """Channels, height and width of ``images``: (B, C, H, W), or (B, H, W, C) with ``channels_last``."""
+    if channels_last:
+        return images.shape[3], images.shape[1], images.shape[2]
+    return images.shape[1], images.shape[2], images.shape[3]
+
+
+@njit(cache=True, inline="always")
+def _rgb_bin(r, g, b_, shifts, scales, denormalize, bins_f, last_bin):
+    gray = (
+        _channel(r, shifts[0], scales[0], denormalize) * _R
+        + _channel(g, shifts[1], scales[1], denormalize) * _G
+        + _channel(b_, shifts[2], scales[2], denormalize) * _B
+    )
+    return _bin(gray, bins_f, last_bin)
+
+
+@njit(cache=True, error_model="numpy")
+def _band_bins(images, channels_last, b, y0, rows, bins, shifts, scales, denormalize, band):
     """Bins of the pixels of rows ``y0 .. y0 + rows`` of image b into ``band`` (rows x padded width); padding is 0.
 
+    ``images`` is (B, C, H, W), or (B, H, W, C) with ``channels_last`` (read in place: no copy to planes).
     Returns whether the band holds a NaN or an infinite value (its pixels then go to bin 0).
     """
-    _, channels, height, width = images.shape
+    channels, height, width = _image_shape(images, channels_last)
     bins_f = np.float32(bins)
     last_bin = bins - 1
-    band[:, :] = 0
-    poison = np.float32(0.0)  # x - x is 0 for every finite x, NaN for NaN and +-inf
-    for dy in range(min(rows, height - y0)):
+    valid = min(rows, height - y0)
+    band[valid:, :] = 0
+    band[:valid, width:] = 0
+    planes = np.empty((3, width), dtype=np.float32)
+    poison = False  # x - x is 0 for every finite x, NaN for NaN and +-inf; an or, not a sum, vectorises
+    for dy in range(valid):
         y = y0 + dy
         out_row = band[dy]
-        if channels == 3:
+        if channels == 3 and channels_last:
+            pixels = images[b, y]
+            for x in range(width):
+                planes[0, x] = pixels[x, 0]
+                planes[1, x] = pixels[x, 1]
+                planes[2, x] = pixels[x, 2]
+            red, green, blue = planes[0], planes[1], planes[2]
+            for x in range(width):
+                r, g, b_ = red[x], green[x], blue[x]
+                poison |= (r - r) + (g - g) + (b_ - b_) != 0
+                out_row[x] = _rgb_bin(r, g, b_, shifts, scales, denormalize, bins_f, last_bin)
+        elif channels == 3:
             red, green, blue = images[b, 0, y], images[b, 1, y], images[b, 2, y]
             for x in range(width):
                 r, g, b_ = np.float32(red[x]), np.float32(green[x]), np.float32(blue[x])
-                poison += (r - r) + (g - g) + (b_ - b_)
-                gray = (
-                    _channel(r, shifts[0], scales[0], denormalize) * _R
-                    + _channel(g, shifts[1], scales[1], denormalize) * _G
-                    + _channel(b_, shifts[2], scales[2], denormalize) * _B
-                )
-                out_row[x] = _bin(gray, bins_f, last_bin)
+                poison |= (r - r) + (g - g) + (b_ - b_) != 0
+                out_row[x] = _rgb_bin(r, g, b_, shifts, scales, denormalize, bins_f, last_bin)
         else:
-            gray_row = images[b, 0, y]
+            gray_row = images[b, y, :, 0] if channels_last else images[b, 0, y]
             for x in range(width):
                 value = np.float32(gray_row[x])
-                poison += value - value
+                poison |= value - value != 0
                 out_row[x] = _bin(_channel(value, shifts[0], scales[0], denormalize), bins_f, last_bin)
-    return poison != 0
+    return poison
 
 
 @njit(cache=True, inline="always")
@@ -94,10 +122,12 @@ def _bin(gray, bins_f, last_bin):
 
 @njit(cache=True, parallel=True)
 def entropy_maps_kernel(
-    images, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, shifts, scales, denormalize, out,
-    bad_bands,
+    images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, shifts, scales,
+    denormalize, out, bad_bands,
 ):
     """Fill ``out`` (flat float32) with the entropy maps of every scale.
+
+    ``images``: (B, C, H, W), or (B, H, W, C) with ``channels_last``.
 
     ``bad_bands[task]`` is set where the band of task ``b * rows[-1] + band_row`` holds a NaN or
     an infinite value (its maps are then meaningless: the caller raises).
@@ -109,7 +139,8 @@ def entropy_maps_kernel(
     starts in ``out`` (laid out as (B, rows[s], cols[s])); ``tables``: for each
     scale, ``-(c/N) * log2(c/N + LOG_EPSILON)`` for c = 0..N with N = p_s**2.
     """
-    batch, _, height, width = images.shape
+    batch = images.shape[0]
+    _, height, width = _image_shape(images, channels_last)
     coarsest = base << (num_scales - 1)
     top = num_scales - 1
     padded_width = cols[top] * coarsest
@@ -119,7 +150,9 @@ def entropy_maps_kernel(
         band = np.empty((coarsest, padded_width), dtype=np.int32)
         hist = np.zeros(bins, dtype=np.int32)
         touched = np.empty(min(bins, coarsest * coarsest) + 1, dtype=np.int32)
-        bad_bands[task] = _band_bins(images, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band)
+        bad_bands[task] = _band_bins(
+            images, channels_last, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band
+        )
         for scale in range(num_scales):
             size = base << scale
             per_band = coarsest // size

@@ -155,13 +155,25 @@ def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scal
     return sizes, rows, cols, counts, offsets
 
 
+def _three_channels(values: torch.Tensor) -> np.ndarray:
+    """One or three per-channel numbers as a float32 numpy array of three (the kernel's ``shifts`` / ``scales``)."""
+    array = values.detach().cpu().numpy().astype(np.float32).ravel()
+    return array if array.size == 3 else np.repeat(array, 3)
+
+
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
     from ._entropy_cpu import entropy_maps_kernel, entropy_maps_kernel_serial
 
     if images.dtype not in (torch.uint8, torch.float32):
         images = images.float()
-    pixels = images.contiguous().numpy()
-    batch, _, height, width = pixels.shape
+    # A channels-last batch (a decoded image's ``permute(2, 0, 1)``) is read in place: a copy to planes
+    # would cost about a third of one image's maps.
+    channels_last = not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        pixels = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+    else:
+        pixels = images.contiguous().numpy()
+    batch, _, height, width = images.shape
     sizes, rows, cols, counts, offsets = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
     # NaN never leaves the kernel (pad values are not NaN): cells still NaN afterwards mean a task of the
@@ -170,14 +182,14 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     if denormalize is None:
         shift = scale = np.zeros(3, dtype=np.float32)
     else:
-        shift, scale = (np.broadcast_to(t.float().cpu().numpy().ravel(), (3,)).astype(np.float32) for t in denormalize)
+        shift, scale = (_three_channels(t) for t in denormalize)
     bad_bands = np.zeros(batch * int(rows[-1]), dtype=np.bool_)
     # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
     kernel = entropy_maps_kernel if torch.get_num_threads() > 1 else entropy_maps_kernel_serial
     try:
         kernel(
-            pixels, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value),
-            shift, scale, denormalize is not None, out, bad_bands,
+            pixels, channels_last, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets,
+            np.float32(pad_value), shift, scale, denormalize is not None, out, bad_bands,
         )
         allocated = not np.isnan(out).any()
     except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task

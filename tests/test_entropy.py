@@ -137,3 +137,35 @@ def test_contract_numbers_are_declared_once():
 def test_most_bins_allowed(backend):
     images = torch.rand(2, 3, 40, 50, generator=torch.Generator().manual_seed(1)) * 255
     _check(images, 8, 3, contract.MAX_BINS, backend)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, "normalised"])
+@pytest.mark.parametrize("height,width", [(224, 224), (61, 97)])
+def test_channels_last_images_give_the_same_maps(channels, dtype, height, width):
+    # A decoded image's permute(2, 0, 1) is channels-last; the numba kernel reads it in place.
+    pixels = skimage_batch(height, width)[:, :channels]
+    denormalize = None
+    if dtype == "normalised":
+        mean, std = torch.tensor([0.485, 0.456, 0.406][:channels]), torch.tensor([0.229, 0.224, 0.225][:channels])
+        images = (pixels / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        denormalize = (-mean / std, 1 / std)
+    else:
+        images = pixels.round().to(dtype)
+    last = images.contiguous(memory_format=torch.channels_last)
+    assert channels == 1 or not last.is_contiguous()
+    for patch_size, num_scales, bins in [(14, 3, 512), (16, 2, 64)]:
+        planar = compute_patch_entropy_batched(images, patch_size, num_scales, bins, denormalize=denormalize)
+        got = compute_patch_entropy_batched(last, patch_size, num_scales, bins, denormalize=denormalize)
+        assert all(torch.equal(got[size], planar[size]) for size in planar)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_channels_last_non_finite_is_reported_by_the_kernel(value):
+    # The tokenizer leaves the finiteness check to the numba kernel, which must see it in either layout.
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    tokenizer = apt_research.PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], mean, std)
+    images = (skimage_batch(61, 97) / 255).contiguous(memory_format=torch.channels_last)
+    images[1, 2, 60, 96] = value
+    with pytest.raises(ValueError, match="finite.*image 1 of the batch"):
+        tokenizer.compute_importance_maps(images)
