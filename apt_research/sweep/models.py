@@ -22,7 +22,7 @@ import torch
 
 from .._io import atomic_path
 from ..datasets import SYNTHETIC_KINDS
-from .maps import scorer_options
+from .parameters import run_scorer_options
 
 SYNTHETIC_MODEL = "synthetic"
 """The ``model`` name of the small ViT trained in-process on the synthetic kinds (``train_synthetic_vit``)."""
@@ -147,7 +147,7 @@ class ModelEvaluator:
         model = model.to(device)
         # Placeholder thresholds: ``records`` sets each setting's (calibrated ones are known only later).
         self.apt = from_timm(model, params["num_scales"], [0.0] * (params["num_scales"] - 1), params["method"],
-                             **scorer_options(params))
+                             **run_scorer_options(params))
         if self.apt.patch_size != params["patch_size"]:
             raise ValueError(f"model {params['model']!r} has patch size {self.apt.patch_size}, but the key "
                              f"'patch_size' is {params['patch_size']}; expected them equal")
