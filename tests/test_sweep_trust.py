@@ -169,3 +169,23 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path)
     with DirectoryLock(tmp_path):
         assert json.loads(lock.read_text()) == owner_token()
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "kernel-123"])
+def test_a_kernel_manager_removes_only_the_socket_directory_it_made(tmp_path, monkeypatch, ip):
+    import asyncio
+
+    from apt_research.sweep.notebook import IPCKernelManager
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user-file").write_text("keep me")
+    given = IPCKernelManager(ip=ip)
+    asyncio.run(given._async_cleanup_resources())
+    assert (tmp_path / "user-file").read_text() == "keep me"
+
+    made = IPCKernelManager()
+    kernel_ip = made.ip  # the default made the directory
+    socket_dir = made.socket_dir
+    assert kernel_ip == str(socket_dir / "kernel") and socket_dir.is_dir()
+    asyncio.run(made._async_cleanup_resources())
+    assert not socket_dir.exists() and (tmp_path / "user-file").exists()
