@@ -184,7 +184,7 @@ class Parameters(BaseModel):
             self.dataset_options = {**self.dataset_options,
                                     "root": str(_resolve(str(self.dataset_options["root"]), info))}
         checked = (info.context or {}).get("checked")
-        key = json.dumps([self.dataset, self.dataset_options], sort_keys=True, default=str)
+        key = dataset_key({"dataset": self.dataset, "dataset_options": self.dataset_options})
         if checked is not None and key in checked:
             return
         try:
@@ -194,6 +194,11 @@ class Parameters(BaseModel):
                              f"{self.dataset!r}: {error}") from None
         if checked is not None:
             checked.add(key)
+
+
+def dataset_key(params: dict) -> str:
+    """What names a configuration's data set among those ``validate_params`` has built (its ``checked`` set)."""
+    return json.dumps([params["dataset"], params.get("dataset_options") or {}], sort_keys=True, default=str)
 
 
 def run_scorer_options(params: dict) -> dict:

@@ -21,16 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from .._io import atomic_path
-from ..datasets import load_dataset
 from .layout import write_json
+from .maps import list_images, shard_images
 
 SHARDS = "shards"
-
-
-def image_count(params: dict) -> int:
-    """How many images a validated configuration runs on (its data set, cut to ``limit``)."""
-    count = len(load_dataset(params["dataset"], **params["dataset_options"]).items)
-    return min(count, params["limit"]) if params["limit"] else count
 
 
 def plan(params: dict, count: int | None = None) -> list[tuple[int, int]]:
@@ -43,7 +37,7 @@ def plan(params: dict, count: int | None = None) -> list[tuple[int, int]]:
     >>> plan({"shard_size": None}, count=10)
     [(0, 10)]
     """
-    count = image_count(params) if count is None else count
+    count = len(list_images(params)) if count is None else count
     size = params["shard_size"] or max(count, 1)
     return [(start, min(start + size, count)) for start in range(0, count, size)] or [(0, 0)]
 
@@ -115,10 +109,11 @@ def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = ""
     if params["shard_size"] is None and not (run_dir / SHARDS).is_dir():
         return configuration_records(params, cache_dir, sweep, run)
     tables, skipped = [], []
-    for shard in plan(params):
+    source = list_images(params)  # listed once for all the shards
+    for shard in plan(params, len(source)):
         kept = load_shard(run_dir, shard)
         if kept is None:
-            kept = configuration_records(params, cache_dir, sweep, run, shard=shard)
+            kept = configuration_records(params, cache_dir, sweep, run, shard=shard, source=shard_images(source, shard))
             save_shard(run_dir, shard, *kept)
         tables.append(kept[0])
         skipped += kept[1]
