@@ -187,7 +187,7 @@ def test_shard_task_returns_records_and_writes_nothing(tmp_path, monkeypatch):
     assert list(table["image"].unique()) == ["camera"] and len(table) == 2
 
 
-VARYING = ["time_s", "maps_time_s", "cache_hit", "shard_size"]
+VARYING = ["time_s", "maps_time_s", "cache_hit", "maps_key", "shard_size"]
 
 
 def test_sharded_configuration_gives_the_unsharded_records(tmp_path):

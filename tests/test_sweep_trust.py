@@ -189,3 +189,17 @@ def test_a_kernel_manager_removes_only_the_socket_directory_it_made(tmp_path, mo
     assert kernel_ip == str(socket_dir / "kernel") and socket_dir.is_dir()
     asyncio.run(made._async_cleanup_resources())
     assert not socket_dir.exists() and (tmp_path / "user-file").exists()
+
+
+def test_a_sweep_whose_folder_data_set_moved_still_makes_its_report_with_examples(tmp_path, photos):
+    import shutil
+
+    sweep = load_spec({"name": "moved", "fixed": {"dataset": str(photos), **SMALL}})
+    out = tmp_path / "sweep"
+    run_sweep(sweep, out, executor=InProcessExecutor(), progress=False)
+    shutil.move(photos, tmp_path / "archived-photos")
+    archived = tmp_path / "archive" / "sweep"
+    shutil.copytree(out, archived)
+    report = build_report(archived)
+    assert "dataset_examples.png" in {p.name for p in (archived / "figures").iterdir()}
+    assert len(report.summary) == 1

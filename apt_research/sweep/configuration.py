@@ -49,7 +49,7 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
     listed = {dataset_key(params)} if source is not None else None
     params = validate_params(params, f"run {run or '(notebook)'}", checked=listed)
     start = time.perf_counter()
-    pixels, maps, metas, skipped, hit = maps_for(params, cache_dir, shard=shard, source=source)
+    pixels, maps, metas, skipped, hit, key = maps_for(params, cache_dir, shard=shard, source=source)
     maps_s = time.perf_counter() - start
     rows, columns = [], [image_columns(*item) for item in zip(pixels, maps, metas)]
     evaluator = ModelEvaluator(params, pixels, maps, metas, cache_dir) if params["model"] and pixels else None
@@ -60,7 +60,8 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
         extra = dict(extra, **measured_speed(params, setting_rows))
         rows += [dict(row, **extra) for row in setting_rows]
     table = pd.DataFrame(rows)
-    constant = {"sweep": sweep, "run_id": run, "dataset": params["dataset"], "cache_hit": hit, "maps_time_s": maps_s}
+    constant = {"sweep": sweep, "run_id": run, "dataset": params["dataset"], "cache_hit": hit, "maps_key": key,
+                "maps_time_s": maps_s}
     constant.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in params.items()
                      if k not in ("thresholds", "dataset", "target_retention")})
     for column, value in reversed(list(constant.items())):

@@ -64,26 +64,42 @@ def compute_maps(params: dict, progress: bool = False, shard: tuple[int, int] | 
 
 def maps_for(params: dict, cache_dir: Path | None, progress: bool = False, shard: tuple[int, int] | None = None,
              source: ImageSource | None = None):
-    """Maps from the cache when present and sound, else computed (and stored): ``compute_maps``'s tuple and a
-    cache hit flag. A folder's key includes its files' fingerprint, so a changed folder gets new maps.
-    ``source`` is the shard's images already listed (``shard_images``); listed here when ``None``."""
+    """Maps from the cache when present and sound, else computed (and stored).
+
+    A folder's key includes its files' fingerprint, so a changed folder gets new maps.
+
+    Parameters
+    ----------
+    params : dict
+        A validated configuration.
+    cache_dir : path, optional
+        Where maps are cached; no cache when ``None``.
+    progress : bool
+        Show a progress bar while images are decoded.
+    shard : (int, int), optional
+        Only images ``start:stop`` of the data set (after ``limit``).
+    source : ImageSource, optional
+        The shard's images already listed (``shard_images``); listed here when ``None``.
+
+    Returns
+    -------
+    tuple
+        ``compute_maps``'s tuple, a cache hit flag and the cache key (``None`` without a cache), which the
+        records keep so that a report finds the entry without listing the data set again.
+    """
     source = source if source is not None else _source(params, shard)
-    path = _entry_path(params, cache_dir, shard, source) if cache_dir else None
+    key = cache_key(params, shard, source_fingerprint(source)) if cache_dir else None
+    path = entry_path(cache_dir, key) if key else None
     if path is not None:
         entry = load_entry(path)
         if entry is not None:
-            return (*entry, True)
+            return (*entry, True, key)
     pixels, maps, metas, skipped = compute_maps(params, progress, shard, source)
     if path is not None and pixels:
         save_entry(path, pixels, maps, metas, skipped)
-    return pixels, maps, metas, skipped, False
+    return pixels, maps, metas, skipped, False, key
 
 
-def _entry_path(params: dict, cache_dir: Path, shard: tuple[int, int] | None, source) -> Path:
-    return Path(cache_dir) / f"{cache_key(params, shard, source_fingerprint(source))}.npz"
-
-
-def cached_maps(params: dict, cache_dir: Path, shard: tuple[int, int] | None = None):
-    """``(pixels, maps, metas, skipped)`` of a configuration's cache entry, or ``None`` when there is none
-    that can be used (nothing is computed)."""
-    return load_entry(_entry_path(params, cache_dir, shard, _source(params, shard)))
+def entry_path(cache_dir: Path, key: str) -> Path:
+    """The cache entry of key ``key`` (``cache_key``) in ``cache_dir``."""
+    return Path(cache_dir) / f"{key}.npz"

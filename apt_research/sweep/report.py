@@ -16,7 +16,8 @@ from .._io import atomic_path, write_atomic
 from ..report_html import write_html_report
 from ..selection import select_patches_by_threshold
 from .layout import read_skipped, run_state
-from .maps import cached_maps
+from .cache import load_entry
+from .maps import entry_path
 from .parameters import PARAMETERS
 
 SETTING_COLUMNS = ("target_retention", "thresholds")
@@ -143,8 +144,9 @@ def _threshold_axis(table: pd.DataFrame) -> pd.Series:
 def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3) -> dict:
     """A few images of each data set with their selection, for ``figures.plot_dataset_examples``.
 
-    For each data set, the first finished run's cached maps (``cache/``) and its first threshold
-    setting; data sets whose maps are not cached are left out.
+    For each data set, the first finished run's cached maps (``cache/<maps_key>.npz``, the key its records
+    kept) and its first threshold setting; data sets whose maps are not cached are left out. Nothing lists
+    the data sets, so a sweep directory whose data sets moved or are gone still makes its report.
 
     Parameters
     ----------
@@ -163,8 +165,8 @@ def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3)
     examples = {}
     for dataset, rows in records.groupby("dataset", sort=True):
         first = rows.iloc[0]
-        params = json.loads((Path(sweep_dir) / "runs" / str(first["run_id"]) / "params.json").read_text())
-        entry = cached_maps(params, Path(sweep_dir) / "cache")
+        key = first.get("maps_key")
+        entry = load_entry(entry_path(Path(sweep_dir) / "cache", key)) if isinstance(key, str) else None
         if entry is None:
             continue
         thresholds = [float(value) for value in str(first["thresholds"]).split(",") if value]
