@@ -101,7 +101,7 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path):
         "name": "failing",
         "fixed": {"dataset": "skimage", "dataset_options": {"names": ["coins"]}, "image_size": 64,
                   "thresholds": [[5.75, 4.0]]},
-        "grid": {"device": ["cpu", "meta"]},
+        "zip": {"device": ["cpu", "meta"], "bins": [256, 512]},  # device alone is not part of the run id
     }))
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "2"]) == 1

@@ -12,7 +12,7 @@ import yaml
 
 from apt_research.cli import main
 from apt_research.sweep.cache import MAP_KEYS
-from apt_research.sweep.parameters import PARAMETERS, Parameters, parameter_table
+from apt_research.sweep.parameters import EXECUTION_KEYS, PARAMETERS, Parameters, parameter_table
 from apt_research.sweep.report import build_report, config_columns, configuration_label, report_tables, summarise
 from apt_research.sweep.runner import run_sweep
 from apt_research.sweep.spec import load_spec
@@ -43,7 +43,8 @@ def test_a_sweep_varying_only_dataset_options_reports_one_row_per_option(tmp_pat
         assert "dataset_options" in section.splitlines()[2], title
 
 
-@pytest.mark.parametrize("key", [k for k in PARAMETERS if k not in ("dataset", "thresholds", "target_retention")])
+@pytest.mark.parametrize("key", [k for k in PARAMETERS
+                                 if k not in ("dataset", "thresholds", "target_retention", *EXECUTION_KEYS)])
 def test_every_varied_parameter_is_a_column_of_every_table_and_a_facet_of_the_figures(tiny_records, key):
     first, second = tiny_records.copy(), tiny_records.copy()
     first[key], second[key] = "a", "b"
@@ -58,8 +59,25 @@ def test_every_varied_parameter_is_a_column_of_every_table_and_a_facet_of_the_fi
 def test_cache_keys_and_run_ids_derive_from_the_schema():
     assert set(MAP_KEYS) == {name for name, field in Parameters.model_fields.items() if field.json_schema_extra["maps"]}
     assert "thresholds" not in MAP_KEYS and "dataset_options" in MAP_KEYS
-    ids = {run["run_id"] for run in load_spec({"name": "x", "grid": {"batch_size": [4, 8]}}).runs}
+    ids = {run["run_id"] for run in load_spec({"name": "x", "grid": {"bins": [64, 128]}}).runs}
     assert len(ids) == 2
+
+
+@pytest.mark.parametrize("key, values", [("batch_size", [4, 8]), ("shard_size", [None, 1]), ("device", ["cpu"])])
+def test_execution_parameters_are_not_part_of_the_run_id_nor_a_configuration_column(tiny_records, key, values):
+    assert set(EXECUTION_KEYS) == {"shard_size", "batch_size", "device"}
+    assert len({run["run_id"] for run in load_spec({"name": "x", "grid": {key: values}}).runs}) == 1
+    records = pd.concat([tiny_records.assign(**{key: "a"}), tiny_records.assign(**{key: "b"})], ignore_index=True)
+    assert key not in config_columns(records) and configuration_label(records).nunique() == 1
+
+
+def test_resume_after_changing_shard_size_or_batch_size_reuses_the_finished_runs(tmp_path):
+    run_sweep(load_spec({"name": "tiny", "fixed": TINY}), tmp_path, executor=InProcessExecutor(), progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.glob("runs/*/records.parquet")}
+    changed = load_spec({"name": "tiny", "fixed": {**TINY, "shard_size": 1, "batch_size": 1}})
+    statuses = run_sweep(changed, tmp_path, resume=True, executor=InProcessExecutor(), progress=False)
+    assert [s.get("skipped") for s in statuses] == [True]
+    assert {p: p.read_bytes() for p in tmp_path.glob("runs/*/records.parquet")} == before
 
 
 def test_readme_parameter_table_is_the_schema():

@@ -19,6 +19,7 @@ from .layout import read_skipped, run_state
 from .cache import load_entry
 from .maps import entry_path
 from .parameters import PARAMETERS
+from .parameters import varied_parameters as varied_by_value
 
 SETTING_COLUMNS = ("target_retention", "thresholds")
 """Per-record parameters: each threshold setting (or target retention) of a run is its own row."""
@@ -64,9 +65,9 @@ def _scale_sizes(records: pd.DataFrame) -> list[int]:
 
 
 def varied_parameters(records: pd.DataFrame) -> list[str]:
-    """The parameters (besides the data set and the threshold setting) whose value differs between records."""
-    return [key for key in PARAMETERS if key in records and key not in ("dataset", *SETTING_COLUMNS)
-            and records[key].nunique(dropna=False) > 1]
+    """The parameters (besides the data set, the threshold setting and the execution ones) whose value differs
+    between records (``parameters.varied_parameters``)."""
+    return [key for key in varied_by_value(records) if key not in ("dataset", *SETTING_COLUMNS)]
 
 
 def config_columns(records: pd.DataFrame) -> list[str]:
