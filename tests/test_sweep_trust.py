@@ -203,3 +203,26 @@ def test_a_sweep_whose_folder_data_set_moved_still_makes_its_report_with_example
     report = build_report(archived)
     assert "dataset_examples.png" in {p.name for p in (archived / "figures").iterdir()}
     assert len(report.summary) == 1
+
+
+def test_two_sweeps_that_find_a_stale_lock_cannot_both_take_it_over(tmp_path):
+    lock = tmp_path / ".sweep.lock"
+    gone = {**owner_token(), "pid": 2**22 + 7, "started": 1.0}  # a process that no longer runs
+    lock.write_text(json.dumps(gone))
+    with DirectoryLock(tmp_path):
+        lock.write_text(json.dumps(gone))  # what the second process would read while the first holds the lock
+        with pytest.raises(SweepLocked, match="another sweep"):
+            with DirectoryLock(tmp_path):
+                pass
+    with DirectoryLock(tmp_path):  # released with its holder: the stale lock is taken over now
+        assert json.loads(lock.read_text()) == owner_token()
+    assert not lock.exists()
+
+
+def test_a_lock_is_removed_only_while_it_still_holds_its_owners_token(tmp_path):
+    lock = tmp_path / ".sweep.lock"
+    other = {**owner_token(), "host": "elsewhere"}
+    with DirectoryLock(tmp_path):
+        lock.unlink()
+        lock.write_text(json.dumps(other))  # replaced by another sweep's lock (by hand, or from another host)
+    assert json.loads(lock.read_text()) == other
