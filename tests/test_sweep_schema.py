@@ -84,13 +84,15 @@ def test_readme_parameter_table_is_the_schema():
     assert parameter_table() in (ROOT / "README.md").read_text()
 
 
-def test_run_notebook_parameters_are_the_schema():
+def test_run_notebook_parameters_and_their_defaults_are_the_schema():
     from apt_research.sweep.configuration import NOTEBOOK_NAMES
 
     notebook = json.loads((ROOT / "notebooks" / "run.ipynb").read_text())
     cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    names = [line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines() if "=" in line]
-    assert names == [*PARAMETERS, *NOTEBOOK_NAMES]
+    defaults = {}
+    exec("".join(cell["source"]), {}, defaults)
+    assert list(defaults) == [*PARAMETERS, *NOTEBOOK_NAMES]
+    assert {name: defaults[name] for name in PARAMETERS} == PARAMETERS
 
 
 def test_a_typo_in_a_notebook_parameter_fails_naming_the_parameter(tmp_path):
