@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from apt_research.cli import main
-from apt_research.sweep.cache import MAP_KEYS
+from apt_research.sweep.cache import cache_key
 from apt_research.sweep.parameters import EXECUTION_KEYS, PARAMETERS, Parameters, parameter_table
 from apt_research.sweep.report import build_report, config_columns, configuration_label, report_tables, summarise
 from apt_research.sweep.runner import run_sweep
@@ -56,9 +56,19 @@ def test_every_varied_parameter_is_a_column_of_every_table_and_a_facet_of_the_fi
     assert configuration_label(records).nunique() == 2
 
 
-def test_cache_keys_and_run_ids_derive_from_the_schema():
-    assert set(MAP_KEYS) == {name for name, field in Parameters.model_fields.items() if field.json_schema_extra["maps"]}
-    assert "thresholds" not in MAP_KEYS and "dataset_options" in MAP_KEYS
+@pytest.mark.parametrize("key", list(PARAMETERS))
+def test_the_cache_key_changes_with_each_maps_parameter_and_no_other(key):
+    from apt_research.scorers import SCORERS
+
+    base = {**PARAMETERS, "method": "entropy"}
+    other = next(name for name in SCORERS if name != "entropy") if key == "method" else ["changed"]
+    changes = cache_key({**base, key: other}) != cache_key(base)
+    assert changes == Parameters.model_fields[key].json_schema_extra["maps"], key
+    assert changes == (key in {"dataset", "dataset_options", "resize", "image_size", "patch_size", "num_scales",
+                               "bins", "method", "method_options", "limit"}), key
+
+
+def test_run_ids_derive_from_the_schema():
     ids = {run["run_id"] for run in load_spec({"name": "x", "grid": {"bins": [64, 128]}}).runs}
     assert len(ids) == 2
 
