@@ -193,3 +193,13 @@ def test_bad_report_directory_exits_2_with_one_line(tmp_path, capsys, target):
     assert main(["report", str(tmp_path / target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search("SWEEP_DIR expects a sweep directory with runs/", err[0])
+
+
+def test_the_report_predicts_a_speedup_for_every_vit_of_the_cost_model(tiny_records, monkeypatch):
+    from apt_research.vit import VIT_CONFIGS, ViTConfig
+
+    monkeypatch.setitem(VIT_CONFIGS, "vit_t", ViTConfig("vit_t", 192, 12, 3))
+    records = tiny_records.assign(gflops_uniform_vit_t=2.0, gflops_apt_vit_t=1.0)
+    summary = summarise(records)
+    assert {f"speedup_pred_{model}" for model in VIT_CONFIGS} <= set(summary.columns)
+    assert (summary["speedup_pred_vit_t"] == 2.0).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,12 @@ from ..selection import select_patches_by_threshold
 from .layout import read_skipped, run_state
 from .cache import load_entry
 from .maps import entry_path
+from ..vit import VIT_CONFIGS
 from .parameters import PARAMETERS
 from .parameters import varied_parameters as varied_by_value
 
 SETTING_COLUMNS = ("target_retention", "thresholds")
 """Per-record parameters: each threshold setting (or target retention) of a run is its own row."""
-MODELS = ("vit_s", "vit_b", "vit_l", "vit_h")
 
 
 @dataclass
@@ -130,7 +131,7 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
             aggregations[column] = (column, "mean")
     grouped = records.groupby(keys, dropna=False, sort=True)
     summary = grouped.agg(**aggregations)
-    for model in MODELS:
+    for model in VIT_CONFIGS:  # the cost model's ViTs
         if f"gflops_apt_{model}" in records.columns:
             summary[f"speedup_pred_{model}"] = (grouped[f"gflops_uniform_{model}"].sum()
                                                 / grouped[f"gflops_apt_{model}"].sum())
@@ -229,8 +230,9 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
         base = float(records["tokens_base_grid"].mean())
         patch = int(records["patch_size"].iloc[0])
-        figures.plot_speedup_curves(ax, base, patch, MODELS)
-        for model, marker in zip(MODELS, "os^D"):
+        models = [model for model in VIT_CONFIGS if f"speedup_pred_{model}" in summary]
+        figures.plot_speedup_curves(ax, base, patch, models)
+        for model, marker in zip(models, itertools.cycle("os^D")):
             ax.scatter(summary["retention_mean"], summary[f"speedup_pred_{model}"], marker=marker, s=10,
                        color="0.3", zorder=3)
             if f"measured_speedup_{model}" in summary:
