@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from ._io import write_atomic
+from .sweep.parameters import varied_parameters
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,8 @@ def runs_table(sweep_dir) -> pd.DataFrame:
                     for key, value in params.items()})
         rows.append(row)
     table = pd.DataFrame(rows)
-    params = [column for column in table if column.startswith("param:")]
-    varying = [column for column in params if table[column].astype(str).nunique() > 1]
+    params = {column.removeprefix("param:"): table[column] for column in table if column.startswith("param:")}
+    varying = [f"param:{key}" for key in varied_parameters(params)]
     return table[[c for c in table if not c.startswith("param:")] + varying].rename(columns=lambda c: c.removeprefix("param:"))
 
 

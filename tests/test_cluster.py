@@ -187,7 +187,7 @@ def test_shard_task_returns_records_and_writes_nothing(tmp_path, monkeypatch):
     assert list(table["image"].unique()) == ["camera"] and len(table) == 2
 
 
-VARYING = ["time_s", "maps_time_s", "cache_hit", "shard_size"]
+VARYING = ["time_s", "maps_time_s", "cache_hit", "maps_key", "shard_size"]
 
 
 def test_sharded_configuration_gives_the_unsharded_records(tmp_path):
@@ -239,10 +239,10 @@ def test_failed_shard_fails_its_run_only_and_stale_shards_are_dropped(sharded_sp
     pd.DataFrame({"image": ["from an earlier sweep"]}).to_parquet(stale)
     records = configuration.configuration_records
 
-    def configuration_records(params, cache_dir=None, sweep="", run="", shard=None):
+    def configuration_records(params, cache_dir=None, sweep="", run="", shard=None, source=None):
         if run == failing and shard == (1, 2):
             raise RuntimeError("unreadable shard")
-        return records(params, cache_dir, sweep, run, shard)
+        return records(params, cache_dir, sweep, run, shard, source)
 
     monkeypatch.setattr(configuration, "configuration_records", configuration_records)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
@@ -323,3 +323,31 @@ def test_worker_killed_mid_sweep(cluster, sharded_spec, local_summary, tmp_path)
         client.close()
     assert [s["state"] for s in statuses] == ["finished", "finished"]
     assert_same_summary(summary_of(out), local_summary)
+
+
+def test_a_sharded_configuration_lists_its_folder_once_per_run_not_per_shard(tmp_path, monkeypatch):
+    """Shards of a folder data set reuse one listing (walking the folder per shard is quadratic in its size);
+    each task of a Dask sweep gets its shard's items from the client."""
+    import numpy as np
+    from PIL import Image
+
+    from apt_research import datasets
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(5):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            folder / f"{seed}.png")
+    listings = []
+    walk = datasets.folder_dataset
+    monkeypatch.setattr(datasets, "folder_dataset", lambda *a, **k: listings.append(a) or walk(*a, **k))
+    params = {"dataset": str(folder), "image_size": 32, "num_scales": 2, "thresholds": [[5.0]], "shard_size": 1}
+    sharded = run_configuration(params, tmp_path / "run", tmp_path / "cache")
+    assert len(sharded) == 5 and len(listings) <= 2  # validation and one listing; five shards
+    from apt_research.sweep.maps import list_images, shard_images
+    from apt_research.sweep.parameters import validate_params
+
+    source = list_images(validate_params(params, "test"))
+    listings.clear()
+    table, _ = shard_task(params, (3, 4), "s", "r", None, shard_images(source, (3, 4)))
+    assert listings == [] and list(table["image"]) == ["3"]

@@ -101,7 +101,7 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path):
         "name": "failing",
         "fixed": {"dataset": "skimage", "dataset_options": {"names": ["coins"]}, "image_size": 64,
                   "thresholds": [[5.75, 4.0]]},
-        "grid": {"device": ["cpu", "meta"]},
+        "zip": {"device": ["cpu", "meta"], "bins": [256, 512]},  # device alone is not part of the run id
     }))
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "2"]) == 1
@@ -147,7 +147,7 @@ def test_presets_validate_and_grid_zip_expand():
 def test_run_notebook_by_hand_with_papermill_cli(tmp_path):
     out = tmp_path / "run-out"
     subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "run.ipynb"), str(tmp_path / "out.ipynb"),
-                    "-p", "dataset", "skimage", "-p", "thresholds", "[5.5]", "-p", "limit", "2",
+                    "-p", "dataset", "skimage", "-p", "num_scales", "2", "-p", "thresholds", "[5.5]", "-p", "limit", "2",
                     "-p", "output_dir", str(out)], check=True, cwd=ROOT, capture_output=True)
     records = pd.read_parquet(out / "records.parquet")
     assert len(records) == 2 and set(records["thresholds"]) == {"5.5"} and set(records["num_scales"]) == {2}

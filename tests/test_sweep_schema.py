@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from apt_research.cli import main
-from apt_research.sweep.cache import MAP_KEYS
-from apt_research.sweep.parameters import PARAMETERS, Parameters, parameter_table
+from apt_research.sweep.cache import cache_key
+from apt_research.sweep.parameters import EXECUTION_KEYS, PARAMETERS, Parameters, parameter_table
 from apt_research.sweep.report import build_report, config_columns, configuration_label, report_tables, summarise
 from apt_research.sweep.runner import run_sweep
 from apt_research.sweep.spec import load_spec
@@ -43,7 +43,8 @@ def test_a_sweep_varying_only_dataset_options_reports_one_row_per_option(tmp_pat
         assert "dataset_options" in section.splitlines()[2], title
 
 
-@pytest.mark.parametrize("key", [k for k in PARAMETERS if k not in ("dataset", "thresholds", "target_retention")])
+@pytest.mark.parametrize("key", [k for k in PARAMETERS
+                                 if k not in ("dataset", "thresholds", "target_retention", *EXECUTION_KEYS)])
 def test_every_varied_parameter_is_a_column_of_every_table_and_a_facet_of_the_figures(tiny_records, key):
     first, second = tiny_records.copy(), tiny_records.copy()
     first[key], second[key] = "a", "b"
@@ -55,24 +56,53 @@ def test_every_varied_parameter_is_a_column_of_every_table_and_a_facet_of_the_fi
     assert configuration_label(records).nunique() == 2
 
 
-def test_cache_keys_and_run_ids_derive_from_the_schema():
-    assert set(MAP_KEYS) == {name for name, field in Parameters.model_fields.items() if field.json_schema_extra["maps"]}
-    assert "thresholds" not in MAP_KEYS and "dataset_options" in MAP_KEYS
-    ids = {run["run_id"] for run in load_spec({"name": "x", "grid": {"batch_size": [4, 8]}}).runs}
+@pytest.mark.parametrize("key", list(PARAMETERS))
+def test_the_cache_key_changes_with_each_maps_parameter_and_no_other(key):
+    from apt_research.scorers import SCORERS
+
+    base = {**PARAMETERS, "method": "entropy"}
+    other = next(name for name in SCORERS if name != "entropy") if key == "method" else ["changed"]
+    changes = cache_key({**base, key: other}) != cache_key(base)
+    assert changes == Parameters.model_fields[key].json_schema_extra["maps"], key
+    assert changes == (key in {"dataset", "dataset_options", "resize", "image_size", "patch_size", "num_scales",
+                               "bins", "method", "method_options", "limit"}), key
+
+
+def test_run_ids_derive_from_the_schema():
+    ids = {run["run_id"] for run in load_spec({"name": "x", "grid": {"bins": [64, 128]}}).runs}
     assert len(ids) == 2
+
+
+@pytest.mark.parametrize("key, values", [("batch_size", [4, 8]), ("shard_size", [None, 1]), ("device", ["cpu"])])
+def test_execution_parameters_are_not_part_of_the_run_id_nor_a_configuration_column(tiny_records, key, values):
+    assert set(EXECUTION_KEYS) == {"shard_size", "batch_size", "device"}
+    assert len({run["run_id"] for run in load_spec({"name": "x", "grid": {key: values}}).runs}) == 1
+    records = pd.concat([tiny_records.assign(**{key: "a"}), tiny_records.assign(**{key: "b"})], ignore_index=True)
+    assert key not in config_columns(records) and configuration_label(records).nunique() == 1
+
+
+def test_resume_after_changing_shard_size_or_batch_size_reuses_the_finished_runs(tmp_path):
+    run_sweep(load_spec({"name": "tiny", "fixed": TINY}), tmp_path, executor=InProcessExecutor(), progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.glob("runs/*/records.parquet")}
+    changed = load_spec({"name": "tiny", "fixed": {**TINY, "shard_size": 1, "batch_size": 1}})
+    statuses = run_sweep(changed, tmp_path, resume=True, executor=InProcessExecutor(), progress=False)
+    assert [s.get("skipped") for s in statuses] == [True]
+    assert {p: p.read_bytes() for p in tmp_path.glob("runs/*/records.parquet")} == before
 
 
 def test_readme_parameter_table_is_the_schema():
     assert parameter_table() in (ROOT / "README.md").read_text()
 
 
-def test_run_notebook_parameters_are_the_schema():
+def test_run_notebook_parameters_and_their_defaults_are_the_schema():
     from apt_research.sweep.configuration import NOTEBOOK_NAMES
 
     notebook = json.loads((ROOT / "notebooks" / "run.ipynb").read_text())
     cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    names = [line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines() if "=" in line]
-    assert names == [*PARAMETERS, *NOTEBOOK_NAMES]
+    defaults = {}
+    exec("".join(cell["source"]), {}, defaults)
+    assert list(defaults) == [*PARAMETERS, *NOTEBOOK_NAMES]
+    assert {name: defaults[name] for name in PARAMETERS} == PARAMETERS
 
 
 def test_a_typo_in_a_notebook_parameter_fails_naming_the_parameter(tmp_path):
@@ -163,3 +193,13 @@ def test_bad_report_directory_exits_2_with_one_line(tmp_path, capsys, target):
     assert main(["report", str(tmp_path / target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search("SWEEP_DIR expects a sweep directory with runs/", err[0])
+
+
+def test_the_report_predicts_a_speedup_for_every_vit_of_the_cost_model(tiny_records, monkeypatch):
+    from apt_research.vit import VIT_CONFIGS, ViTConfig
+
+    monkeypatch.setitem(VIT_CONFIGS, "vit_t", ViTConfig("vit_t", 192, 12, 3))
+    records = tiny_records.assign(gflops_uniform_vit_t=2.0, gflops_apt_vit_t=1.0)
+    summary = summarise(records)
+    assert {f"speedup_pred_{model}" for model in VIT_CONFIGS} <= set(summary.columns)
+    assert (summary["speedup_pred_vit_t"] == 2.0).all()

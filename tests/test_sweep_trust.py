@@ -169,3 +169,60 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path)
     with DirectoryLock(tmp_path):
         assert json.loads(lock.read_text()) == owner_token()
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "kernel-123"])
+def test_a_kernel_manager_removes_only_the_socket_directory_it_made(tmp_path, monkeypatch, ip):
+    import asyncio
+
+    from apt_research.sweep.notebook import IPCKernelManager
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user-file").write_text("keep me")
+    given = IPCKernelManager(ip=ip)
+    asyncio.run(given._async_cleanup_resources())
+    assert (tmp_path / "user-file").read_text() == "keep me"
+
+    made = IPCKernelManager()
+    kernel_ip = made.ip  # the default made the directory
+    socket_dir = made.socket_dir
+    assert kernel_ip == str(socket_dir / "kernel") and socket_dir.is_dir()
+    asyncio.run(made._async_cleanup_resources())
+    assert not socket_dir.exists() and (tmp_path / "user-file").exists()
+
+
+def test_a_sweep_whose_folder_data_set_moved_still_makes_its_report_with_examples(tmp_path, photos):
+    import shutil
+
+    sweep = load_spec({"name": "moved", "fixed": {"dataset": str(photos), **SMALL}})
+    out = tmp_path / "sweep"
+    run_sweep(sweep, out, executor=InProcessExecutor(), progress=False)
+    shutil.move(photos, tmp_path / "archived-photos")
+    archived = tmp_path / "archive" / "sweep"
+    shutil.copytree(out, archived)
+    report = build_report(archived)
+    assert "dataset_examples.png" in {p.name for p in (archived / "figures").iterdir()}
+    assert len(report.summary) == 1
+
+
+def test_two_sweeps_that_find_a_stale_lock_cannot_both_take_it_over(tmp_path):
+    lock = tmp_path / ".sweep.lock"
+    gone = {**owner_token(), "pid": 2**22 + 7, "started": 1.0}  # a process that no longer runs
+    lock.write_text(json.dumps(gone))
+    with DirectoryLock(tmp_path):
+        lock.write_text(json.dumps(gone))  # what the second process would read while the first holds the lock
+        with pytest.raises(SweepLocked, match="another sweep"):
+            with DirectoryLock(tmp_path):
+                pass
+    with DirectoryLock(tmp_path):  # released with its holder: the stale lock is taken over now
+        assert json.loads(lock.read_text()) == owner_token()
+    assert not lock.exists()
+
+
+def test_a_lock_is_removed_only_while_it_still_holds_its_owners_token(tmp_path):
+    lock = tmp_path / ".sweep.lock"
+    other = {**owner_token(), "host": "elsewhere"}
+    with DirectoryLock(tmp_path):
+        lock.unlink()
+        lock.write_text(json.dumps(other))  # replaced by another sweep's lock (by hand, or from another host)
+    assert json.loads(lock.read_text()) == other

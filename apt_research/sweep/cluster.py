@@ -105,16 +105,18 @@ def check_versions(client) -> None:
                                f"install the same environment everywhere. Dask reports:\n{error}") from error
 
 
-def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache_dir: str | None = None):
+def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache_dir: str | None = None,
+               source=None):
     """On a worker: one shard's ``(records, skipped)``, returned to the client, which writes them.
 
-    The maps cache is used only where the worker sees the sweep's cache directory (a shared file
+    ``source`` is the shard's images as the client listed them (``maps.shard_images``), so that no worker
+    walks the data set again; listed on the worker when ``None``. The maps cache is used only where the worker sees the sweep's cache directory (a shared file
     system); otherwise the shard is computed without one. Nothing else is written on the worker.
     """
     from .configuration import configuration_records
 
     cache = cache_dir if cache_dir and Path(cache_dir).is_dir() else None
-    return configuration_records(params, cache, sweep, run, shard=shard)
+    return configuration_records(params, cache, sweep, run, shard=shard, source=source)
 
 
 class DaskExecutor:
@@ -148,6 +150,7 @@ class DaskExecutor:
         from tqdm.auto import tqdm
 
         from .layout import run_directory
+        from .maps import list_images, shard_images
         from .notebook import end_run, execute_run, start_run
         from .shards import plan, save_shard, shard_path
 
@@ -158,13 +161,14 @@ class DaskExecutor:
         shards_left, owners, ready = {}, {}, []
         for task in tasks:
             run_dir = run_directory(target.sweep_dir, task.run_id)
-            missing = [shard for shard in plan(task.params) if not shard_path(run_dir, shard).exists()]
+            source = list_images(task.params)  # listed once here; each task gets its shard's items
+            missing = [shard for shard in plan(task.params, len(source)) if not shard_path(run_dir, shard).exists()]
             shards_left[task.run_id] = len(missing)
             if not missing:
                 ready.append(task)
             for shard in missing:
                 future = self.client.submit(shard_task, task.params, shard, target.sweep_name, task.run_id,
-                                            str(target.cache_dir), pure=False)
+                                            str(target.cache_dir), shard_images(source, shard), pure=False)
                 owners[future] = (task, shard)
         for task in ready:
             yield assemble(task)

@@ -55,9 +55,9 @@ def _out(text: str | None, name: str) -> Path:
 
 def dry_run_listing(sweep, out: Path) -> str:
     """The runs of a sweep, one line each with the parameters that vary between them."""
-    from .spec import varying
+    from .parameters import PARAMETERS, varied_parameters
 
-    keys = varying(sweep.runs)
+    keys = varied_parameters({key: [run["params"][key] for run in sweep.runs] for key in PARAMETERS})
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}"
              + (f", varying {', '.join(keys)}" if keys else "")]
     lines += [f"  {run['run_id']}  " + json.dumps({k: run["params"][k] for k in keys}) for run in sweep.runs]

@@ -17,14 +17,14 @@ import pandas as pd
 from .layout import write_json, write_records
 from .maps import maps_for
 from .models import ModelEvaluator
-from .parameters import PARAMETERS, ParameterError, closest, validate_params
+from .parameters import PARAMETERS, ParameterError, closest, dataset_key, validate_params
 from .records import image_columns, threshold_records
 from .speed import measured_speed
 from .thresholds import threshold_settings
 
 
 def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: str = "",
-                          shard: tuple[int, int] | None = None) -> tuple[pd.DataFrame, list[dict]]:
+                          shard: tuple[int, int] | None = None, source=None) -> tuple[pd.DataFrame, list[dict]]:
     """The records of one configuration (every threshold setting) on all its images or one shard of them.
 
     Parameters
@@ -37,15 +37,19 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
         The sweep's name and the run's id, written into every record.
     shard : (int, int), optional
         Only images ``start:stop`` of the data set (after ``limit``).
+    source : ImageSource, optional
+        The shard's images, already listed (``maps.shard_images``): the data set is then not listed again,
+        neither to validate ``params`` nor to find the shard. Listed here when ``None``.
 
     Returns
     -------
     (pandas.DataFrame, list of dict)
         One row per image per threshold setting, and the images that could not be read.
     """
-    params = validate_params(params, f"run {run or '(notebook)'}")
+    listed = {dataset_key(params)} if source is not None else None
+    params = validate_params(params, f"run {run or '(notebook)'}", checked=listed)
     start = time.perf_counter()
-    pixels, maps, metas, skipped, hit = maps_for(params, cache_dir, shard=shard)
+    pixels, maps, metas, skipped, hit, key = maps_for(params, cache_dir, shard=shard, source=source)
     maps_s = time.perf_counter() - start
     rows, columns = [], [image_columns(*item) for item in zip(pixels, maps, metas)]
     evaluator = ModelEvaluator(params, pixels, maps, metas, cache_dir) if params["model"] and pixels else None
@@ -56,7 +60,8 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
         extra = dict(extra, **measured_speed(params, setting_rows))
         rows += [dict(row, **extra) for row in setting_rows]
     table = pd.DataFrame(rows)
-    constant = {"sweep": sweep, "run_id": run, "dataset": params["dataset"], "cache_hit": hit, "maps_time_s": maps_s}
+    constant = {"sweep": sweep, "run_id": run, "dataset": params["dataset"], "cache_hit": hit, "maps_key": key,
+                "maps_time_s": maps_s}
     constant.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in params.items()
                      if k not in ("thresholds", "dataset", "target_retention")})
     for column, value in reversed(list(constant.items())):

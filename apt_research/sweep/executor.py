@@ -8,8 +8,9 @@ with ``records.parquet``:
 - ``NotebookExecutor`` (the default) executes the run notebook through papermill, ``jobs`` at a time, in
   this machine's processes; the notebook writes the records.
 - An executor on other machines can split a task into shards of images (``Task.shard``), compute each
-  with ``configuration.configuration_records`` there, and write the concatenated records on the client
-  with ``layout.write_records`` between ``notebook.start_run`` and ``notebook.end_run``.
+  with ``configuration.configuration_records`` there, put them together with ``shards.assemble_shards``
+  (the rows in the order of one unsharded run) and write them on the client with ``layout.write_records``
+  between ``notebook.start_run`` and ``notebook.end_run``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,15 @@
 The lock holds the owner's host name, pid and process start time. A lock whose owner is gone, or
 whose pid now belongs to another process (a different start time: the pid was reused), is stale
 and taken over; a lock from another host cannot be checked and is respected.
+
+The owner also holds an exclusive ``flock`` on the file for the sweep's life, so two processes that
+both find a stale lock cannot both take it over: the second finds the file locked. At the end the
+file is removed only while it is still this owner's (same file, same token).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -52,25 +57,41 @@ class DirectoryLock:
 
     def __init__(self, directory: Path):
         self.path = Path(directory) / ".sweep.lock"
+        self._handle: int | None = None
+        self._token: dict | None = None
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(3):
+            handle = os.open(self.path, os.O_CREAT | os.O_RDWR)
             try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _holds(owner):
-                    raise SweepLocked(
-                        f"another sweep (pid {owner['pid']} on {owner['host']}) is writing to {self.path.parent}; "
-                        f"wait for it or use --out"
-                    ) from None
-                self.path.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                self._refuse(self._owner() or {"pid": "unknown", "host": socket.gethostname()})
+            if not self._is_current(handle):  # removed by its owner between our open and our flock: again
+                os.close(handle)
                 continue
-            with os.fdopen(handle, "w") as stream:
-                json.dump(owner_token(), stream)
+            owner = self._owner()
+            if owner is not None and _holds(owner):  # a lock from another host, or without its flock
+                os.close(handle)
+                self._refuse(owner)
+            self._token = owner_token()
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, json.dumps(self._token).encode(), 0)
+            self._handle = handle
             return self
-        raise SweepLocked(f"could not lock {self.path.parent}")
+        raise SweepLocked(f"could not lock {self.path.parent}: its lock file keeps being replaced")
+
+    def _refuse(self, owner: dict):
+        raise SweepLocked(f"another sweep (pid {owner['pid']} on {owner['host']}) is writing to {self.path.parent}; "
+                          f"wait for it or use --out")
+
+    def _is_current(self, handle: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(handle).st_ino
+        except FileNotFoundError:
+            return False
 
     def _owner(self) -> dict | None:
         try:
@@ -80,4 +101,11 @@ class DirectoryLock:
             return None
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        if self._handle is None:
+            return
+        try:
+            if self._is_current(self._handle) and self._owner() == self._token:
+                self.path.unlink()
+        finally:
+            os.close(self._handle)  # releases the flock
+            self._handle = None

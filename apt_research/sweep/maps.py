@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from ..datasets import iter_batches, iter_images, load_dataset
+from ..datasets import ImageSource, iter_batches, iter_images, load_dataset
 from ..scorers import compute_importance_maps
 from .cache import cache_key, load_entry, save_entry, source_fingerprint
 from .parameters import run_scorer_options
 
 
-def _source(params: dict, shard: tuple[int, int] | None):
+def list_images(params: dict) -> ImageSource:
+    """A validated configuration's images, listed once (a folder is walked here): its data set cut to ``limit``."""
     source = load_dataset(params["dataset"], **params["dataset_options"])
     if params["limit"]:
         source.items = source.items[: params["limit"]]
-    if shard is not None:
-        source.items = source.items[shard[0] : shard[1]]
     return source
+
+
+def shard_images(source: ImageSource, shard: tuple[int, int] | None) -> ImageSource:
+    """Images ``start:stop`` of a listed configuration (all when ``shard`` is ``None``), with a list of skipped
+    images of their own: each shard of a listing made once, with no walk of the folder again."""
+    items = source.items if shard is None else source.items[shard[0] : shard[1]]
+    return dataclasses.replace(source, items=list(items), skipped=list(source.skipped))
+
+
+def _source(params: dict, shard: tuple[int, int] | None):
+    return shard_images(list_images(params), shard)
 
 
 def compute_maps(params: dict, progress: bool = False, shard: tuple[int, int] | None = None, source=None):
@@ -51,26 +62,44 @@ def compute_maps(params: dict, progress: bool = False, shard: tuple[int, int] | 
     return pixels, maps, metas, source.skipped
 
 
-def maps_for(params: dict, cache_dir: Path | None, progress: bool = False, shard: tuple[int, int] | None = None):
-    """Maps from the cache when present and sound, else computed (and stored): ``compute_maps``'s tuple and a
-    cache hit flag. A folder's key includes its files' fingerprint, so a changed folder gets new maps."""
-    source = _source(params, shard)
-    path = _entry_path(params, cache_dir, shard, source) if cache_dir else None
+def maps_for(params: dict, cache_dir: Path | None, progress: bool = False, shard: tuple[int, int] | None = None,
+             source: ImageSource | None = None):
+    """Maps from the cache when present and sound, else computed (and stored).
+
+    A folder's key includes its files' fingerprint, so a changed folder gets new maps.
+
+    Parameters
+    ----------
+    params : dict
+        A validated configuration.
+    cache_dir : path, optional
+        Where maps are cached; no cache when ``None``.
+    progress : bool
+        Show a progress bar while images are decoded.
+    shard : (int, int), optional
+        Only images ``start:stop`` of the data set (after ``limit``).
+    source : ImageSource, optional
+        The shard's images already listed (``shard_images``); listed here when ``None``.
+
+    Returns
+    -------
+    tuple
+        ``compute_maps``'s tuple, a cache hit flag and the cache key (``None`` without a cache), which the
+        records keep so that a report finds the entry without listing the data set again.
+    """
+    source = source if source is not None else _source(params, shard)
+    key = cache_key(params, shard, source_fingerprint(source)) if cache_dir else None
+    path = entry_path(cache_dir, key) if key else None
     if path is not None:
         entry = load_entry(path)
         if entry is not None:
-            return (*entry, True)
+            return (*entry, True, key)
     pixels, maps, metas, skipped = compute_maps(params, progress, shard, source)
     if path is not None and pixels:
         save_entry(path, pixels, maps, metas, skipped)
-    return pixels, maps, metas, skipped, False
+    return pixels, maps, metas, skipped, False, key
 
 
-def _entry_path(params: dict, cache_dir: Path, shard: tuple[int, int] | None, source) -> Path:
-    return Path(cache_dir) / f"{cache_key(params, shard, source_fingerprint(source))}.npz"
-
-
-def cached_maps(params: dict, cache_dir: Path, shard: tuple[int, int] | None = None):
-    """``(pixels, maps, metas, skipped)`` of a configuration's cache entry, or ``None`` when there is none
-    that can be used (nothing is computed)."""
-    return load_entry(_entry_path(params, cache_dir, shard, _source(params, shard)))
+def entry_path(cache_dir: Path, key: str) -> Path:
+    """The cache entry of key ``key`` (``cache_key``) in ``cache_dir``."""
+    return Path(cache_dir) / f"{key}.npz"

@@ -34,14 +34,18 @@ class IPCKernelManager(AsyncKernelManager):
     def _default_transport(self) -> str:
         return "ipc"
 
+    socket_dir: Path | None = None  # the temporary directory this manager made, the only one it removes
+
     @default("ip")
     def _default_ip(self) -> str:
-        return str(Path(tempfile.mkdtemp(prefix="apt-kernel-")) / "kernel")
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="apt-kernel-"))
+        return str(self.socket_dir / "kernel")
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
-        if not restart:
-            shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+        if not restart and self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
 
 
 def _close_thread_event_loop() -> None:

@@ -1,10 +1,12 @@
 """The sweep parameters, declared once.
 
 ``Parameters`` (a pydantic model) gives each parameter its type, default, validator, one-line
-doc and whether it changes the importance maps (``maps=True``). From it derive: spec and
-notebook validation (``validate_params``), run ids (a hash of the validated parameters),
-cache keys (``MAP_KEYS``), the report's columns (every parameter that varies), the dry-run
-listing, and the README's parameter table (``parameter_table``).
+doc, whether it changes the importance maps (``maps=True``) and whether it only says how a run
+is executed (``execution=True``: shards, batches, device; the records are the same). From it
+derive: spec and notebook validation (``validate_params``), run ids (a hash of the validated
+parameters but the execution ones), cache keys (``MAP_KEYS``), the parameters that vary between
+runs or records (``varied_parameters``: the report's columns and the dry-run listing), and the
+README's parameter table (``parameter_table``).
 
 Relative folder paths (``dataset: photos/`` or ``dataset_options: {root: photos/}``) resolve
 against a base directory: the spec file's directory for a spec, the working directory otherwise.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -31,8 +35,8 @@ from ..vit import VIT_CONFIGS
 Threshold = Annotated[float, Field(allow_inf_nan=False)]
 
 
-def _field(default, doc: str, maps: bool = False, **constraints):
-    return Field(default, description=doc, json_schema_extra={"maps": maps}, **constraints)
+def _field(default, doc: str, maps: bool = False, execution: bool = False, **constraints):
+    return Field(default, description=doc, json_schema_extra={"maps": maps, "execution": execution}, **constraints)
 
 
 class Parameters(BaseModel):
@@ -59,9 +63,9 @@ class Parameters(BaseModel):
     limit: Union[Annotated[int, Field(ge=1)], None] = _field(None, "use only the first `limit` images", maps=True)
     shard_size: Union[Annotated[int, Field(ge=1)], None] = _field(
         None, "images per shard: a configuration is computed, kept and resumed shard by shard (one Dask task "
-        "each with `--scheduler`); the records are the same")
-    batch_size: int = _field(16, "images scored at once", ge=1)
-    device: str = _field("cpu", "torch device of the scoring (`cpu`, `cuda`, `cuda:1`)")
+        "each with `--scheduler`); the records are the same", execution=True)
+    batch_size: int = _field(16, "images scored at once", execution=True, ge=1)
+    device: str = _field("cpu", "torch device of the scoring (`cpu`, `cuda`, `cuda:1`)", execution=True)
     model: Union[str, None] = _field(None, "classifier run on uniform and APT tokens: a timm model name or "
                                            "`synthetic` (trained in the run on the synthetic kinds; needs the "
                                            "`[models]` extra)")
@@ -184,7 +188,7 @@ class Parameters(BaseModel):
             self.dataset_options = {**self.dataset_options,
                                     "root": str(_resolve(str(self.dataset_options["root"]), info))}
         checked = (info.context or {}).get("checked")
-        key = json.dumps([self.dataset, self.dataset_options], sort_keys=True, default=str)
+        key = dataset_key({"dataset": self.dataset, "dataset_options": self.dataset_options})
         if checked is not None and key in checked:
             return
         try:
@@ -194,6 +198,11 @@ class Parameters(BaseModel):
                              f"{self.dataset!r}: {error}") from None
         if checked is not None:
             checked.add(key)
+
+
+def dataset_key(params: dict) -> str:
+    """What names a configuration's data set among those ``validate_params`` has built (its ``checked`` set)."""
+    return json.dumps([params["dataset"], params.get("dataset_options") or {}], sort_keys=True, default=str)
 
 
 def run_scorer_options(params: dict) -> dict:
@@ -224,6 +233,48 @@ PARAMETERS: dict[str, Any] = {name: field.default for name, field in Parameters.
 MAP_KEYS: tuple[str, ...] = tuple(name for name, field in Parameters.model_fields.items()
                                   if field.json_schema_extra["maps"])
 """The parameters the importance maps depend on (``bins`` only for the entropy scorer)."""
+
+EXECUTION_KEYS: tuple[str, ...] = tuple(name for name, field in Parameters.model_fields.items()
+                                        if field.json_schema_extra["execution"])
+"""The parameters that say only how a run is executed: not part of its run id, never a configuration column."""
+
+
+def _canonical(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def varied_parameters(columns: Mapping[str, Iterable]) -> list[str]:
+    """The parameters, execution ones left out, that hold more than one value, in declaration order.
+
+    The one rule for "which parameters vary", for runs (the dry-run listing), the report's records and its
+    runs table.
+
+    Parameters
+    ----------
+    columns : mapping
+        Parameter name -> its values (a ``pandas.DataFrame`` of records, or ``{name: [value per run]}``);
+        names that are no parameter are ignored. A missing value (``None``, NaN) is one value; lists and
+        dicts compare by content, also when given as their JSON text.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> varied_parameters({"bins": [256, 512], "image_size": [224, 224], "shard_size": [1, 2]})
+    ['bins']
+    """
+    varied = []
+    for key in PARAMETERS:
+        if key in columns and key not in EXECUTION_KEYS:
+            values = columns[key]
+            distinct = values.drop_duplicates() if hasattr(values, "drop_duplicates") else values
+            if len({_canonical(value) for value in distinct}) > 1:
+                varied.append(key)
+    return varied
 
 
 class ParameterError(ValueError):
@@ -312,11 +363,13 @@ def validate_params(params: dict, where: str, base=None, checked: set | None = N
 
 
 def parameter_table() -> str:
-    """The parameters as a markdown table (name, default, changes the maps, doc), as the README shows it."""
-    lines = ["| parameter | default | changes the maps | meaning |", "|---|---|---|---|"]
+    """The parameters as a markdown table (name, default, changes the maps, part of the run id, doc), as the
+    README shows it."""
+    lines = ["| parameter | default | changes the maps | part of the run id | meaning |", "|---|---|---|---|---|"]
     for name, field in Parameters.model_fields.items():
         default = "none" if field.default is None else f"`{field.default}`"
         maps = "yes" if field.json_schema_extra["maps"] else "no"
-        lines.append(f"| `{name}` | {default} | {maps} | {field.description} |")
+        identifies = "no" if field.json_schema_extra["execution"] else "yes"
+        lines.append(f"| `{name}` | {default} | {maps} | {identifies} | {field.description} |")
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,14 @@ from .._io import atomic_path, write_atomic
 from ..report_html import write_html_report
 from ..selection import select_patches_by_threshold
 from .layout import read_skipped, run_state
-from .maps import cached_maps
+from .cache import load_entry
+from .maps import entry_path
+from ..vit import VIT_CONFIGS
 from .parameters import PARAMETERS
+from .parameters import varied_parameters as varied_by_value
 
 SETTING_COLUMNS = ("target_retention", "thresholds")
 """Per-record parameters: each threshold setting (or target retention) of a run is its own row."""
-MODELS = ("vit_s", "vit_b", "vit_l", "vit_h")
 
 
 @dataclass
@@ -63,9 +66,9 @@ def _scale_sizes(records: pd.DataFrame) -> list[int]:
 
 
 def varied_parameters(records: pd.DataFrame) -> list[str]:
-    """The parameters (besides the data set and the threshold setting) whose value differs between records."""
-    return [key for key in PARAMETERS if key in records and key not in ("dataset", *SETTING_COLUMNS)
-            and records[key].nunique(dropna=False) > 1]
+    """The parameters (besides the data set, the threshold setting and the execution ones) whose value differs
+    between records (``parameters.varied_parameters``)."""
+    return [key for key in varied_by_value(records) if key not in ("dataset", *SETTING_COLUMNS)]
 
 
 def config_columns(records: pd.DataFrame) -> list[str]:
@@ -128,7 +131,7 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
             aggregations[column] = (column, "mean")
     grouped = records.groupby(keys, dropna=False, sort=True)
     summary = grouped.agg(**aggregations)
-    for model in MODELS:
+    for model in VIT_CONFIGS:  # the cost model's ViTs
         if f"gflops_apt_{model}" in records.columns:
             summary[f"speedup_pred_{model}"] = (grouped[f"gflops_uniform_{model}"].sum()
                                                 / grouped[f"gflops_apt_{model}"].sum())
@@ -143,8 +146,9 @@ def _threshold_axis(table: pd.DataFrame) -> pd.Series:
 def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3) -> dict:
     """A few images of each data set with their selection, for ``figures.plot_dataset_examples``.
 
-    For each data set, the first finished run's cached maps (``cache/``) and its first threshold
-    setting; data sets whose maps are not cached are left out.
+    For each data set, the first finished run's cached maps (``cache/<maps_key>.npz``, the key its records
+    kept) and its first threshold setting; data sets whose maps are not cached are left out. Nothing lists
+    the data sets, so a sweep directory whose data sets moved or are gone still makes its report.
 
     Parameters
     ----------
@@ -163,8 +167,8 @@ def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3)
     examples = {}
     for dataset, rows in records.groupby("dataset", sort=True):
         first = rows.iloc[0]
-        params = json.loads((Path(sweep_dir) / "runs" / str(first["run_id"]) / "params.json").read_text())
-        entry = cached_maps(params, Path(sweep_dir) / "cache")
+        key = first.get("maps_key")
+        entry = load_entry(entry_path(Path(sweep_dir) / "cache", key)) if isinstance(key, str) else None
         if entry is None:
             continue
         thresholds = [float(value) for value in str(first["thresholds"]).split(",") if value]
@@ -226,8 +230,9 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
         base = float(records["tokens_base_grid"].mean())
         patch = int(records["patch_size"].iloc[0])
-        figures.plot_speedup_curves(ax, base, patch, MODELS)
-        for model, marker in zip(MODELS, "os^D"):
+        models = [model for model in VIT_CONFIGS if f"speedup_pred_{model}" in summary]
+        figures.plot_speedup_curves(ax, base, patch, models)
+        for model, marker in zip(models, itertools.cycle("os^D")):
             ax.scatter(summary["retention_mean"], summary[f"speedup_pred_{model}"], marker=marker, s=10,
                        color="0.3", zorder=3)
             if f"measured_speedup_{model}" in summary:

@@ -21,16 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from .._io import atomic_path
-from ..datasets import load_dataset
 from .layout import write_json
+from .maps import list_images, shard_images
 
 SHARDS = "shards"
-
-
-def image_count(params: dict) -> int:
-    """How many images a validated configuration runs on (its data set, cut to ``limit``)."""
-    count = len(load_dataset(params["dataset"], **params["dataset_options"]).items)
-    return min(count, params["limit"]) if params["limit"] else count
 
 
 def plan(params: dict, count: int | None = None) -> list[tuple[int, int]]:
@@ -43,7 +37,7 @@ def plan(params: dict, count: int | None = None) -> list[tuple[int, int]]:
     >>> plan({"shard_size": None}, count=10)
     [(0, 10)]
     """
-    count = image_count(params) if count is None else count
+    count = len(list_images(params)) if count is None else count
     size = params["shard_size"] or max(count, 1)
     return [(start, min(start + size, count)) for start in range(0, count, size)] or [(0, 0)]
 
@@ -114,25 +108,39 @@ def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = ""
     run_dir = Path(run_dir)
     if params["shard_size"] is None and not (run_dir / SHARDS).is_dir():
         return configuration_records(params, cache_dir, sweep, run)
-    tables, skipped = [], []
-    for shard in plan(params):
+    parts = []
+    source = list_images(params)  # listed once for all the shards
+    for shard in plan(params, len(source)):
         kept = load_shard(run_dir, shard)
         if kept is None:
-            kept = configuration_records(params, cache_dir, sweep, run, shard=shard)
+            kept = configuration_records(params, cache_dir, sweep, run, shard=shard, source=shard_images(source, shard))
             save_shard(run_dir, shard, *kept)
-        tables.append(kept[0])
-        skipped += kept[1]
-    return pd.concat(_setting_major(tables, max(len(params["thresholds"]), 1)), ignore_index=True), skipped
+        parts.append(kept)
+    return assemble_shards(params, parts)
 
 
-def _setting_major(tables: list[pd.DataFrame], settings: int) -> list[pd.DataFrame]:
-    """The shards' rows in the order of one unsharded run: threshold setting first, then image.
+def assemble_shards(params: dict, parts: list[tuple[pd.DataFrame, list[dict]]]) -> tuple[pd.DataFrame, list[dict]]:
+    """A configuration's records from its shards' ``(records, skipped)``, in shard order: the rows in the order
+    of one unsharded run (threshold setting first, then image) and every shard's skipped images.
 
-    Each shard's table holds ``settings`` consecutive blocks of rows, one per threshold setting.
+    The one way to put shards together, for ``sharded_records``, the Dask executor's run notebook and any
+    other executor: each shard's table holds one block of rows per threshold setting, so a plain
+    concatenation would interleave the settings.
+
+    Parameters
+    ----------
+    params : dict
+        The validated configuration (its ``thresholds`` give the number of settings).
+    parts : list of (pandas.DataFrame, list of dict)
+        Each shard's records and skipped images, in shard order.
+
+    Returns
+    -------
+    (pandas.DataFrame, list of dict)
     """
-    parts = []
-    for setting in range(settings):
-        for table in tables:
-            block = len(table) // settings
-            parts.append(table.iloc[setting * block:(setting + 1) * block])
-    return [part for part in parts if len(part)] or tables[:1]
+    tables = [table for table, _ in parts]
+    settings = max(len(params["thresholds"]), 1)
+    blocks = [table.iloc[setting * (len(table) // settings):(setting + 1) * (len(table) // settings)]
+              for setting in range(settings) for table in tables]
+    blocks = [block for block in blocks if len(block)] or tables[:1]
+    return pd.concat(blocks, ignore_index=True), [entry for _, skipped in parts for entry in skipped]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .parameters import PARAMETERS, ParameterError, unknown_key, validate_params
+from .parameters import EXECUTION_KEYS, PARAMETERS, ParameterError, unknown_key, validate_params
 
 TOP_LEVEL = ("name", "description", "fixed", "grid", "zip")
 
@@ -40,8 +40,10 @@ class Sweep:
 
 
 def run_id(params: dict) -> str:
-    """Stable 12-hex-digit hash of a configuration's validated parameters."""
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    """Stable 12-hex-digit hash of a configuration's validated parameters, the execution ones (``EXECUTION_KEYS``:
+    shards, batches, device) left out: they do not change the records, so they do not make another run."""
+    identifying = {key: value for key, value in params.items() if key not in EXECUTION_KEYS}
+    canonical = json.dumps(identifying, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -137,8 +139,3 @@ def load_spec(source, name: str | None = None, max_runs: int | None = None) -> S
                 seen.add(identifier)
                 runs.append({"run_id": identifier, "params": params})
     return Sweep(sweep_name, str(spec.get("description", "")), runs, path)
-
-
-def varying(runs: list[dict]) -> list[str]:
-    """The parameters whose value differs between ``runs``, in declaration order."""
-    return [key for key in PARAMETERS if len({json.dumps(r["params"][key], sort_keys=True) for r in runs}) > 1]
