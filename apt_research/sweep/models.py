@@ -137,7 +137,7 @@ class ModelEvaluator:
     """
 
     def __init__(self, params: dict, pixels, maps, metas, cache_dir=None):
-        from ..models import from_timm
+        from ..models import UNKNOWN_LABEL, from_timm
         from ..models.synthetic import normalise
 
         model, classes = load_model(params, cache_dir)
@@ -155,8 +155,9 @@ class ModelEvaluator:
         self.images = normalise(torch.stack(pixels).to(device), model)
         self.maps = {size: torch.stack([m[size] for m in maps]).to(device) for size in maps[0]}
         labels = [m.get("label") for m in metas]
-        self.labels = (torch.tensor([classes.index(label) for label in labels])
-                       if classes and all(label in classes for label in labels) else None)
+        # Per image: an image whose label is not among the model's classes leaves only its own correctness empty.
+        self.labels = (torch.tensor([classes.index(label) if label in classes else UNKNOWN_LABEL for label in labels])
+                       if classes else None)
 
     def records(self, thresholds: list[float]) -> list[dict]:
         """Each image's ``prediction_records`` columns with APT tokens at ``thresholds`` (the run's maps)."""
@@ -170,4 +171,4 @@ class ModelEvaluator:
 PREDICTION_COLUMNS = ("uniform_pred", "apt_pred", "agreement", "uniform_top1_correct", "top1_correct", "kl",
                       "uniform_seconds", "apt_seconds")
 """The columns of ``prediction_records`` that join a sweep record (the others it has already); the two
-``top1_correct`` columns are empty where the images have no labels among the model's classes."""
+``top1_correct`` columns are empty for each image whose label is not among the model's classes."""
