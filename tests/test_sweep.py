@@ -195,8 +195,9 @@ def test_parallel_runs_leave_the_working_directory_and_relative_out_alone(tmp_pa
     the report of a relative --out lands where the user asked, not inside a run's directory."""
     monkeypatch.chdir(tmp_path)
     changes = []
-    monkeypatch.setattr(os, "chdir", lambda path: None if Path(path).resolve() == tmp_path.resolve()
-                        else changes.append(path))
+    out = (tmp_path / "relative-out").resolve()
+    monkeypatch.setattr(os, "chdir", lambda path: changes.append(path) if out in Path(path).resolve().parents
+                        else None)  # into a run's directory: what papermill's cwd= did
     assert main(["sweep", str(SMOKE), "--out", "relative-out", "--jobs", "2"]) == 0
     assert changes == [] and Path.cwd() == tmp_path
     assert (tmp_path / "relative-out" / "report.md").is_file()
