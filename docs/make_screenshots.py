@@ -1,30 +1,27 @@
-"""The README's screenshots: the smoke sweep's report.html in headless Chromium, and the explore widget's display.
+"""The README's screenshots: the smoke sweep's report.html and the explore widget, in headless Chromium.
 
-    .venv/bin/python docs/make_screenshots.py            # runs the smoke sweep in a temporary directory
-    .venv/bin/python docs/make_screenshots.py --sweep results/smoke
+    .venv/bin/python docs/make_screenshots.py --widget-js DIR          # runs the smoke sweep in a temporary directory
+    .venv/bin/python docs/make_screenshots.py --widget-js DIR --sweep results/smoke
 
 Writes ``docs/images/report.png`` (the top of report.html, rendered alone,
-offline) and ``docs/images/explore-widget.png`` (what the explore widget draws
-under its controls for ``skimage:astronaut`` at 336 x 336: the heatmaps, the
-token counts with PSNR/SSIM, and the patch grid beside the reconstruction).
+offline) and ``docs/images/explore-widget.png``: ``notebooks/explore.ipynb``
+executed by papermill for ``skimage:astronaut`` (its widget state saved), turned
+into HTML by nbconvert without input cells, and rendered offline, controls
+included, by the widgets' own HTML manager. Chromium here reaches no CDN, so the
+two scripts that page loads come from npm:
+``npm install --prefix DIR @jupyter-widgets/html-manager@1 requirejs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-from PIL import Image
-
-from apt_research import figures
 from apt_research.cli import main as cli
-from apt_research.explore import Explorer
 from apt_research.report_html import screenshot
-from apt_research.visualize import VisualizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"
@@ -43,28 +40,35 @@ def report_png(sweep: Path | None) -> Path:
         return screenshot(alone / "report.html", IMAGES / "report.png", width=1280, height=1500)
 
 
-def widget_png() -> Path:
-    """The explore widget's display for one image, as one PNG."""
-    explorer = Explorer("skimage:astronaut", VisualizeConfig(image_size=336, resize="center_crop"))
-    heatmaps = Image.open(io.BytesIO(explorer.heatmap_png()))
-    grid = Image.open(io.BytesIO(explorer.selection_png()))
-    width = max(heatmaps.width, grid.width) / 100
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(width, (heatmaps.height + grid.height) / 100 + 0.4),
-                                         gridspec_kw={"height_ratios": [heatmaps.height, grid.height]})
-    for ax, picture in ((top, heatmaps), (bottom, grid)):
-        ax.imshow(picture)
-        ax.set_axis_off()
-    bottom.set_title(explorer.caption(), fontsize=8, loc="left")
-    path = figures.save_figure(figure, IMAGES / "explore-widget.png")[0]
-    plt.close(figure)
-    return path
+def widget_png(widget_js: Path) -> Path:
+    """Screenshot of the executed explore notebook's widget, rendered from its saved state, offline."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    modules = Path(widget_js) / "node_modules"
+    with tempfile.TemporaryDirectory(prefix="apt-shots-") as scratch:
+        scratch = Path(scratch)
+        papermill.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(scratch / "explore.ipynb"),
+                                   parameters={"image": "skimage:astronaut"}, progress_bar=False)
+        html, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(scratch / "explore.ipynb", 4))
+        shutil.copy(modules / "requirejs" / "require.js", scratch / "require.js")
+        shutil.copytree(modules / "@jupyter-widgets" / "html-manager" / "dist", scratch / "html-manager")
+        html = re.sub(r'https://[^"]*/require(\.min)?\.js', "require.js", html)
+        html = re.sub(r'https://[^"]*/html-manager@[^"]*/dist/embed-amd\.js', "html-manager/embed-amd.js", html)
+        html = re.sub(r'<script src="https://[^"]*mathjax[^"]*"></script>', "", html)
+        page = scratch / "explore.html"
+        page.write_text(html)
+        return screenshot(page, IMAGES / "explore-widget.png", width=1200, height=1400)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, help="an existing sweep directory with report.html (default: run smoke)")
+    parser.add_argument("--widget-js", type=Path, required=True,
+                        help="npm prefix holding @jupyter-widgets/html-manager@1 and requirejs")
     args = parser.parse_args(argv)
-    for path in (report_png(args.sweep), widget_png()):
+    for path in (report_png(args.sweep), widget_png(args.widget_js)):
         print(path)
     return 0
 
