@@ -29,20 +29,6 @@ _R, _G, _B = (np.float32(weight) for weight in GRAY_WEIGHTS)
 _MAX_PIXEL = np.float32(MAX_PIXEL)
 
 
-@njit(cache=True, inline="always")
-def _pixel_bin(images, b, y, x, bins_f, last_bin):
-    if images.shape[1] == 3:
-        gray = (
-            np.float32(images[b, 0, y, x]) * _R
-            + np.float32(images[b, 1, y, x]) * _G
-            + np.float32(images[b, 2, y, x]) * _B
-        )
-    else:
-        gray = np.float32(images[b, 0, y, x])
-    index = int(gray * bins_f / _MAX_PIXEL)
-    return min(index, last_bin)
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def _channel(value, shift, scale, denormalize):
     """A pixel value in [0, 255]: as stored, or ``clamp((x - shift) / scale * 255, 0, 255)`` in float32."""
@@ -191,16 +177,20 @@ def entropy_maps_kernel(
 @njit(cache=True, parallel=True)
 def histograms_kernel(images, bins, size, rows, cols, out):
     """Per-patch histograms of one scale: ``out`` is (B, rows, cols, bins) int32, zeroed."""
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     bins_f = np.float32(bins)
+    as_stored = np.zeros(3, dtype=np.float32)  # no normalisation to undo
     for task in prange(batch * rows):
         b = task // rows
         i = task % rows
         for j in range(cols):
             for y in range(i * size, (i + 1) * size):
                 for x in range(j * size, (j + 1) * size):
-                    if y < height and x < width:
-                        out[b, i, j, _pixel_bin(images, b, y, x, bins_f, bins - 1)] += 1
+                    if y < height and x < width and channels == 3:
+                        out[b, i, j, _rgb_bin(images[b, 0, y, x], images[b, 1, y, x], images[b, 2, y, x], as_stored,
+                                              as_stored, False, bins_f, bins - 1)] += 1
+                    elif y < height and x < width:
+                        out[b, i, j, _bin(np.float32(images[b, 0, y, x]), bins_f, bins - 1)] += 1
                     else:
                         out[b, i, j, 0] += 1
     return out

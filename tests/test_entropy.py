@@ -67,6 +67,9 @@ def test_histograms_equal_histc(backend, patch_size, bins):
     expected = reference.histc_histograms(images, patch_size, bins)
     got = patch_histograms(images, patch_size, bins, backend=backend)
     assert torch.equal(got.long(), expected.long())
+    gray = images[:, :1].contiguous()
+    assert torch.equal(patch_histograms(gray, patch_size, bins, backend=backend).long(),
+                       reference.histc_histograms(gray, patch_size, bins).long())
 
 
 def test_binning_equals_histc_on_every_uint8_rgb_gray_value():
