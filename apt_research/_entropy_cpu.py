@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._grouping_cpu import serial_twin
+from ._numba import serial_twin
 from .contract import GRAY_WEIGHTS, MAX_PIXEL
 
 # float32 globals: numba freezes them into the compiled kernels, in float32 arithmetic. Its on-disk cache is
