@@ -11,6 +11,7 @@ from .evaluate import (
     plot_accuracy_vs_retention,
     prediction_records,
     threshold_records,
+    uniform_logits,
 )
 from .loader import MapsTransform, PackCollate, from_naflex, maps_loader, to_naflex
 from .synthetic import load_model, synthetic_classification_data, train_synthetic_vit
@@ -29,6 +30,7 @@ __all__ = [
     "maps_loader",
     "plot_accuracy_vs_retention",
     "prediction_records",
+    "uniform_logits",
     "synthetic_classification_data",
     "threshold_records",
     "to_naflex",

@@ -17,8 +17,21 @@ UNKNOWN_LABEL = -1
 """The class index of an image whose label is not among the model's classes (its correctness is ``<NA>``)."""
 
 
+def uniform_logits(model, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, float]:
+    """The model on the uniform tokens of ``images``: ``(N, classes)`` logits and wall seconds per image.
+
+    They do not depend on the thresholds, so a caller that scores several threshold settings
+    computes them once and hands them to ``prediction_records``.
+    """
+    began = time.perf_counter()
+    with torch.no_grad():
+        logits = torch.cat([model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
+    return logits, (time.perf_counter() - began) / max(len(images), 1)
+
+
 def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor | None = None,
-                       batch_size: int = 32, importance_maps: dict | None = None) -> pd.DataFrame:
+                       batch_size: int = 32, importance_maps: dict | None = None,
+                       uniform: tuple[torch.Tensor, float] | None = None) -> pd.DataFrame:
     """One row per image: the model on its uniform tokens and on APT's tokens.
 
     Parameters
@@ -35,6 +48,8 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
     importance_maps : dict, optional
         ``{p_s: (N, h_s, w_s)}`` maps of ``images`` computed beforehand (a cache):
         only selection and packing are left to do.
+    uniform : (Tensor, float), optional
+        ``uniform_logits(apt.model, images)`` computed beforehand; computed here when ``None``.
 
     Returns
     -------
@@ -53,12 +68,12 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
     if labels is not None and len(labels) and int(labels.min()) < UNKNOWN_LABEL:
         raise ValueError(f"labels must be class indices >= 0 or UNKNOWN_LABEL ({UNKNOWN_LABEL}), "
                          f"got {int(labels.min())}")
+    all_uniform, uniform_seconds = uniform if uniform is not None else uniform_logits(apt.model, images, batch_size)
     rows = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            began = time.perf_counter()
-            uniform = apt.model(chunk)
+            uniform = all_uniform[start : start + batch_size]
             middle = time.perf_counter()
             maps = None if importance_maps is None else {
                 size: values[start : start + batch_size] for size, values in importance_maps.items()}
@@ -75,7 +90,7 @@ def prediction_records(apt: AptViT, images: torch.Tensor, labels: torch.Tensor |
                     "tokens": tokens["seqlens"][offset], "retention": kept[offset],
                     "uniform_pred": int(uniform[offset].argmax()), "apt_pred": int(logits[offset].argmax()),
                     "kl": float(kl[offset]),
-                    "uniform_seconds": (middle - began) / len(chunk), "apt_seconds": (ended - middle) / len(chunk),
+                    "uniform_seconds": uniform_seconds, "apt_seconds": (ended - middle) / len(chunk),
                 }
                 row["agreement"] = row["uniform_pred"] == row["apt_pred"]
                 if labels is not None:
@@ -116,14 +131,16 @@ def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | N
 
 def threshold_records(model, images: torch.Tensor, labels, num_scales: int, settings, method: str = "entropy",
                       batch_size: int = 32, **scorer_options) -> pd.DataFrame:
-    """``prediction_records`` for every threshold setting, the model zero-shot (merge at zero); maps computed once."""
+    """``prediction_records`` for every threshold setting, the model zero-shot (merge at zero); maps and the
+    uniform forward computed once."""
     apt = from_timm(model, num_scales, settings[0], method, **scorer_options)
     with torch.no_grad():
         maps = apt.tokenizer.compute_importance_maps(images)  # once: thresholds change selection only
+    uniform = uniform_logits(apt.model, images, batch_size)  # once: the uniform tokens have no thresholds
     frames = []
     for thresholds in settings:
         apt.set_thresholds(thresholds)
-        frames.append(prediction_records(apt, images, labels, batch_size, maps))
+        frames.append(prediction_records(apt, images, labels, batch_size, maps, uniform))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -137,7 +137,7 @@ class ModelEvaluator:
     """
 
     def __init__(self, params: dict, pixels, maps, metas, cache_dir=None):
-        from ..models import UNKNOWN_LABEL, from_timm
+        from ..models import UNKNOWN_LABEL, from_timm, uniform_logits
         from ..models.synthetic import normalise
 
         model, classes = load_model(params, cache_dir)
@@ -154,6 +154,7 @@ class ModelEvaluator:
         self.batch_size = params["batch_size"]
         self.images = normalise(torch.stack(pixels).to(device), model)
         self.maps = {size: torch.stack([m[size] for m in maps]).to(device) for size in maps[0]}
+        self.uniform = uniform_logits(self.apt.model, self.images, self.batch_size)  # once: no thresholds in it
         labels = [m.get("label") for m in metas]
         # Per image: an image whose label is not among the model's classes leaves only its own correctness empty.
         self.labels = (torch.tensor([classes.index(label) if label in classes else UNKNOWN_LABEL for label in labels])
@@ -164,7 +165,7 @@ class ModelEvaluator:
         from ..models import prediction_records
 
         self.apt.set_thresholds(thresholds)
-        table = prediction_records(self.apt, self.images, self.labels, self.batch_size, self.maps)
+        table = prediction_records(self.apt, self.images, self.labels, self.batch_size, self.maps, self.uniform)
         return [{column: row.get(column) for column in PREDICTION_COLUMNS} for row in table.to_dict("records")]
 
 
