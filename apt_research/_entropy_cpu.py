@@ -2,17 +2,19 @@
 
 One task is one row of the coarsest grid of one image (a band of ``P``
 pixel rows). The kernel computes the histogram bin of the band's pixels once,
-into a buffer that stays in cache, then histograms every patch of every scale
-that lies inside the band. Per patch it only visits the bins its pixels touched, so the
-work grows with the number of pixels and not with ``bins``; extra memory is the
-output plus one ``P x P`` buffer and one histogram per thread.
+into a buffer that stays in cache (a vectorised loop), then counts the pixels of
+every scale-0 patch of the band; the histogram of a patch of a coarser scale is
+the sum of its four children's sparse ``(bin, count)`` lists. Per patch it only
+visits the bins that are not empty, so the work grows with the number of pixels
+and not with ``bins``; extra memory is the output plus, per task, the band and
+two sets of sparse lists of at most one entry per pixel of the band.
 
 The grayscale value and the bin are formed in float32 in the same order as the
 plain torch path (``R*0.2989 + G*0.5870 + B*0.1140``, then ``v*bins/255``; the numbers come from
 ``contract.py``),
 so the histograms equal ``torch.histc``'s; the entropy is summed in float64
-from the exact counts, which agrees with the float32 reference within its own
-rounding (below 1e-5 bits).
+from the exact counts (in four partial sums), which agrees with the float32
+reference within its own rounding (below 1e-5 bits).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .contract import GRAY_WEIGHTS, MAX_PIXEL
 # keyed on this file, so after editing contract.py remove this package's __pycache__ (or touch this file).
 _R, _G, _B = (np.float32(weight) for weight in GRAY_WEIGHTS)
 _MAX_PIXEL = np.float32(MAX_PIXEL)
+_ZERO = np.float32(0.0)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -38,6 +41,72 @@ def _channel(value, shift, scale, denormalize):
     return np.float32(value)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _gray(r, g, b, shift, scale, denormalize):
+    """The grayscale value of one RGB pixel (``shift`` / ``scale``: three scalars each), left to right in float32."""
+    return (
+        _channel(r, shift[0], scale[0], denormalize) * _R
+        + _channel(g, shift[1], scale[1], denormalize) * _G
+        + _channel(b, shift[2], scale[2], denormalize) * _B
+    )
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _bin(gray, bins_f, last_f):
+    """``min(floor(gray * bins / 255), bins - 1)`` in float32; bin 0 for NaN (reported by the caller, never used).
+
+    Clamped in float before the conversion (the same for every value >= 0), so NaN and infinity never reach
+    it: selects that vectorise, where an integer ``min`` after a float test does not.
+    """
+    scaled = gray * bins_f / _MAX_PIXEL
+    scaled = scaled if scaled > _ZERO else _ZERO
+    return np.int32(scaled if scaled < last_f else last_f)
+
+
+@njit(cache=True, error_model="numpy")
+def _bin_rgb_row(red, green, blue, stride, shifts, scales, denormalize, bins, out_row):
+    """Bins of one row of RGB pixels into ``out_row``; whether the row holds a NaN or an infinite value.
+
+    Pixel x is ``red[stride * x]``, ``green[stride * x]``, ``blue[stride * x]``: planes (stride 1), or
+    one interleaved row (``red``, ``green`` and ``blue`` the same flat row offset by 0, 1 and 2, stride 3).
+    The per-channel numbers are read into scalars first and each branch is its own loop: written so,
+    LLVM vectorises the loop (several times faster than reading ``shifts[c]`` for every pixel).
+    """
+    bins_f, last_f = np.float32(bins), np.float32(bins - 1)
+    shift = (shifts[0], shifts[1], shifts[2])
+    scale = (scales[0], scales[1], scales[2])
+    poison = False  # x - x is 0 for every finite x, NaN for NaN and +-inf; an or, not a sum, vectorises
+    if denormalize:
+        for x in range(out_row.shape[0]):
+            r, g, b = np.float32(red[stride * x]), np.float32(green[stride * x]), np.float32(blue[stride * x])
+            poison |= (r - r) + (g - g) + (b - b) != 0
+            out_row[x] = _bin(_gray(r, g, b, shift, scale, True), bins_f, last_f)
+    else:
+        for x in range(out_row.shape[0]):
+            r, g, b = np.float32(red[stride * x]), np.float32(green[stride * x]), np.float32(blue[stride * x])
+            poison |= (r - r) + (g - g) + (b - b) != 0
+            out_row[x] = _bin(_gray(r, g, b, shift, scale, False), bins_f, last_f)
+    return poison
+
+
+@njit(cache=True, error_model="numpy")
+def _bin_gray_row(values, stride, shift, scale, denormalize, bins, out_row):
+    """``_bin_rgb_row`` for one-channel images: value x is ``values[stride * x]``."""
+    bins_f, last_f = np.float32(bins), np.float32(bins - 1)
+    poison = False
+    if denormalize:
+        for x in range(out_row.shape[0]):
+            value = np.float32(values[stride * x])
+            poison |= value - value != 0
+            out_row[x] = _bin(_channel(value, shift, scale, True), bins_f, last_f)
+    else:
+        for x in range(out_row.shape[0]):
+            value = np.float32(values[stride * x])
+            poison |= value - value != 0
+            out_row[x] = _bin(value, bins_f, last_f)
+    return poison
+
+
 @njit(cache=True, inline="always")
 def _image_shape(images, channels_last):
     """Channels, height and width of ``images``: (B, C, H, W), or (B, H, W, C) with ``channels_last``."""
@@ -46,64 +115,155 @@ def _image_shape(images, channels_last):
     return images.shape[1], images.shape[2], images.shape[3]
 
 
-@njit(cache=True, inline="always")
-def _rgb_bin(r, g, b_, shifts, scales, denormalize, bins_f, last_bin):
-    gray = (
-        _channel(r, shifts[0], scales[0], denormalize) * _R
-        + _channel(g, shifts[1], scales[1], denormalize) * _G
-        + _channel(b_, shifts[2], scales[2], denormalize) * _B
-    )
-    return _bin(gray, bins_f, last_bin)
-
-
 @njit(cache=True, error_model="numpy")
 def _band_bins(images, channels_last, b, y0, rows, bins, shifts, scales, denormalize, band):
     """Bins of the pixels of rows ``y0 .. y0 + rows`` of image b into ``band`` (rows x padded width); padding is 0.
 
-    ``images`` is (B, C, H, W), or (B, H, W, C) with ``channels_last`` (read in place: no copy to planes).
-    Returns whether the band holds a NaN or an infinite value (its pixels then go to bin 0).
+    ``images`` is a C-contiguous (B, C, H, W), or (B, H, W, C) with ``channels_last`` (read in place,
+    each row as one interleaved run of values). Returns whether the band holds a NaN or an infinite
+    value (its pixels then go to bin 0).
     """
     channels, height, width = _image_shape(images, channels_last)
-    bins_f = np.float32(bins)
-    last_bin = bins - 1
     valid = min(rows, height - y0)
     band[valid:, :] = 0
     band[:valid, width:] = 0
-    planes = np.empty((3, width), dtype=np.float32)
-    poison = False  # x - x is 0 for every finite x, NaN for NaN and +-inf; an or, not a sum, vectorises
+    poison = False
     for dy in range(valid):
         y = y0 + dy
-        out_row = band[dy]
-        if channels == 3 and channels_last:
-            pixels = images[b, y]
-            for x in range(width):
-                planes[0, x] = pixels[x, 0]
-                planes[1, x] = pixels[x, 1]
-                planes[2, x] = pixels[x, 2]
-            red, green, blue = planes[0], planes[1], planes[2]
-            for x in range(width):
-                r, g, b_ = red[x], green[x], blue[x]
-                poison |= (r - r) + (g - g) + (b_ - b_) != 0
-                out_row[x] = _rgb_bin(r, g, b_, shifts, scales, denormalize, bins_f, last_bin)
+        out_row = band[dy, :width]
+        if channels_last:
+            row = images[b, y].ravel()
+            if channels == 3:
+                poison |= _bin_rgb_row(row, row[1:], row[2:], 3, shifts, scales, denormalize, bins, out_row)
+            else:
+                poison |= _bin_gray_row(row, channels, shifts[0], scales[0], denormalize, bins, out_row)
         elif channels == 3:
-            red, green, blue = images[b, 0, y], images[b, 1, y], images[b, 2, y]
-            for x in range(width):
-                r, g, b_ = np.float32(red[x]), np.float32(green[x]), np.float32(blue[x])
-                poison |= (r - r) + (g - g) + (b_ - b_) != 0
-                out_row[x] = _rgb_bin(r, g, b_, shifts, scales, denormalize, bins_f, last_bin)
+            poison |= _bin_rgb_row(images[b, 0, y], images[b, 1, y], images[b, 2, y], 1, shifts, scales, denormalize,
+                                   bins, out_row)
         else:
-            gray_row = images[b, y, :, 0] if channels_last else images[b, 0, y]
-            for x in range(width):
-                value = np.float32(gray_row[x])
-                poison |= value - value != 0
-                out_row[x] = _bin(_channel(value, shifts[0], scales[0], denormalize), bins_f, last_bin)
+            poison |= _bin_gray_row(images[b, 0, y], 1, shifts[0], scales[0], denormalize, bins, out_row)
     return poison
 
 
 @njit(cache=True, inline="always")
-def _bin(gray, bins_f, last_bin):
-    """``min(floor(gray * bins / 255), bins - 1)``; bin 0 for NaN (reported by the caller, never used)."""
-    return min(int((gray if gray == gray else np.float32(0.0)) * bins_f / _MAX_PIXEL), last_bin)
+def _entropy_of_touched(hist, touched, n_touched, tables, table_start, store, sparse_bins, sparse_counts, fill):
+    """Entropy of the histogram ``hist`` over its ``n_touched`` non-empty bins ``touched[:n_touched]``
+    (summed in float64 in that order), clearing them; with ``store`` also appends each ``(bin, count)``
+    to the sparse lists from ``fill``. Returns the entropy and the new ``fill``."""
+    # Four partial sums: one float64 chain would wait on each addition's latency.
+    sum0 = sum1 = sum2 = sum3 = 0.0
+    t = 0
+    while t + 4 <= n_touched:
+        k0, k1, k2, k3 = touched[t], touched[t + 1], touched[t + 2], touched[t + 3]
+        c0, c1, c2, c3 = hist[k0], hist[k1], hist[k2], hist[k3]
+        sum0 += tables[table_start + c0]
+        sum1 += tables[table_start + c1]
+        sum2 += tables[table_start + c2]
+        sum3 += tables[table_start + c3]
+        hist[k0] = 0
+        hist[k1] = 0
+        hist[k2] = 0
+        hist[k3] = 0
+        if store:
+            sparse_bins[fill] = k0
+            sparse_bins[fill + 1] = k1
+            sparse_bins[fill + 2] = k2
+            sparse_bins[fill + 3] = k3
+            sparse_counts[fill] = c0
+            sparse_counts[fill + 1] = c1
+            sparse_counts[fill + 2] = c2
+            sparse_counts[fill + 3] = c3
+            fill += 4
+        t += 4
+    while t < n_touched:
+        k0 = touched[t]
+        c0 = hist[k0]
+        sum0 += tables[table_start + c0]
+        hist[k0] = 0
+        if store:
+            sparse_bins[fill] = k0
+            sparse_counts[fill] = c0
+            fill += 1
+        t += 1
+    total = (sum0 + sum1) + (sum2 + sum3)
+    return total, fill
+
+
+@njit(cache=True)
+def _scale0(band, size, rows0, cols0, hist, touched, tables, table_start, store, sparse_bins, sparse_counts,
+            sparse_start, totals):
+    """Entropies of every scale-0 patch of the band into ``totals`` (rows0 x cols0, row-major) and, with
+    ``store``, their sparse histograms. Four neighbouring patches are counted together, one pixel of
+    each in turn: four independent chains of histogram updates, where one patch alone waits on each
+    update of a repeated bin."""
+    fill = 0
+    h0, h1, h2, h3 = hist[0], hist[1], hist[2], hist[3]
+    t0, t1, t2, t3 = touched[0], touched[1], touched[2], touched[3]
+    for u in range(rows0):
+        j = 0
+        while j < cols0:
+            lanes = 4 if cols0 - j >= 4 else 1  # the last few patches of a row one at a time
+            n0 = n1 = n2 = n3 = 0
+            if lanes == 4:
+                for dy in range(u * size, (u + 1) * size):
+                    line = band[dy]
+                    for dx in range(j * size, (j + 1) * size):
+                        k0, k1, k2, k3 = line[dx], line[dx + size], line[dx + 2 * size], line[dx + 3 * size]
+                        t0[n0] = k0
+                        n0 += h0[k0] == 0
+                        h0[k0] += 1
+                        t1[n1] = k1
+                        n1 += h1[k1] == 0
+                        h1[k1] += 1
+                        t2[n2] = k2
+                        n2 += h2[k2] == 0
+                        h2[k2] += 1
+                        t3[n3] = k3
+                        n3 += h3[k3] == 0
+                        h3[k3] += 1
+            else:
+                for dy in range(u * size, (u + 1) * size):
+                    line = band[dy]
+                    for dx in range(j * size, (j + 1) * size):
+                        k0 = line[dx]
+                        t0[n0] = k0
+                        n0 += h0[k0] == 0
+                        h0[k0] += 1
+            for lane in range(lanes):
+                n = (n0, n1, n2, n3)[lane]
+                patch = u * cols0 + j + lane
+                if store:
+                    sparse_start[patch] = fill
+                totals[patch], fill = _entropy_of_touched(hist[lane], touched[lane], n, tables, table_start, store,
+                                                          sparse_bins, sparse_counts, fill)
+            j += lanes
+    if store:
+        sparse_start[rows0 * cols0] = fill
+
+
+@njit(cache=True)
+def _merge(rows_s, cols_s, hist, touched, tables, table_start, store, child_bins, child_counts, child_start,
+           parent_bins, parent_counts, parent_start, totals):
+    """Entropies of the patches of a scale above 0 from their four children's sparse histograms."""
+    fill = 0
+    child_cols = 2 * cols_s
+    for u in range(rows_s):
+        for v in range(cols_s):
+            n_touched = 0
+            first = 2 * u * child_cols + 2 * v
+            for child in (first, first + 1, first + child_cols, first + child_cols + 1):
+                for e in range(child_start[child], child_start[child + 1]):
+                    k = child_bins[e]
+                    touched[n_touched] = k
+                    n_touched += hist[k] == 0
+                    hist[k] += child_counts[e]
+            patch = u * cols_s + v
+            if store:
+                parent_start[patch] = fill
+            totals[patch], fill = _entropy_of_touched(hist, touched, n_touched, tables, table_start, store,
+                                                      parent_bins, parent_counts, fill)
+    if store:
+        parent_start[rows_s * cols_s] = fill
 
 
 @njit(cache=True, parallel=True)
@@ -124,53 +284,61 @@ def entropy_maps_kernel(
     ``rows[s]``, ``cols[s]``: grid of scale s; ``offsets[s]``: where scale s
     starts in ``out`` (laid out as (B, rows[s], cols[s])); ``tables``: for each
     scale, ``-(c/N) * log2(c/N + LOG_EPSILON)`` for c = 0..N with N = p_s**2.
+
+    One task is one band (a row of the coarsest grid of one image). Only scale 0 counts pixels; the
+    histogram of a patch above it is the sum of its four children's, kept as sparse ``(bin, count)``
+    lists: the same integer counts in fewer steps wherever neighbouring patches share grey levels.
+    Patches of the padded area (outside a scale's grid, or on its padded border) are counted too,
+    since their parents need them; the border rule then overwrites their scores.
     """
     batch = images.shape[0]
     _, height, width = _image_shape(images, channels_last)
-    coarsest = base << (num_scales - 1)
     top = num_scales - 1
+    coarsest = base << top
     padded_width = cols[top] * coarsest
+    rows0, cols0 = coarsest // base, padded_width // base  # scale-0 patches of a band
+    capacity = rows0 * cols0 * min(bins, base * base)  # the most sparse entries of one scale in a band
+    multi = num_scales > 1
     for task in prange(batch * rows[top]):
         b = task // rows[top]
         band_row = task % rows[top]
         band = np.empty((coarsest, padded_width), dtype=np.int32)
-        hist = np.zeros(bins, dtype=np.int32)
-        touched = np.empty(min(bins, coarsest * coarsest) + 1, dtype=np.int32)
+        hist = np.zeros((4, bins), dtype=np.int32)
+        touched = np.empty((4, min(bins, coarsest * coarsest) + 1), dtype=np.int32)
+        totals = np.empty(rows0 * cols0, dtype=np.float64)
+        sparse = capacity if multi else 0
+        child_bins = np.empty(sparse, dtype=np.int32)
+        child_counts = np.empty(sparse, dtype=np.int32)
+        child_start = np.empty(rows0 * cols0 + 1, dtype=np.int64)
+        parent_bins = np.empty(sparse, dtype=np.int32)
+        parent_counts = np.empty(sparse, dtype=np.int32)
+        parent_start = np.empty(rows0 * cols0 + 1, dtype=np.int64)
         bad_bands[task] = _band_bins(
             images, channels_last, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band
         )
         for scale in range(num_scales):
             size = base << scale
-            per_band = coarsest // size
-            pad_row = rows[scale] * size > height
-            pad_col = cols[scale] * size > width
-            table_start = table_offsets[scale]
-            for u in range(per_band):
-                i = band_row * per_band + u
+            rows_s, cols_s = rows0 >> scale, cols0 >> scale
+            store = scale < top
+            if scale == 0:
+                _scale0(band, size, rows_s, cols_s, hist, touched, tables, table_offsets[0], store, parent_bins,
+                        parent_counts, parent_start, totals)
+            else:
+                _merge(rows_s, cols_s, hist[0], touched[0], tables, table_offsets[scale], store, child_bins,
+                       child_counts, child_start, parent_bins, parent_counts, parent_start, totals)
+            for u in range(rows_s):
+                i = band_row * rows_s + u
                 if i >= rows[scale]:
                     break
+                pad_row = i == rows[scale] - 1 and rows[scale] * size > height
                 row_start = offsets[scale] + (b * rows[scale] + i) * cols[scale]
-                if pad_row and i == rows[scale] - 1:
-                    out[row_start : row_start + cols[scale]] = pad_value
-                    continue
                 for j in range(cols[scale]):
-                    if pad_col and j == cols[scale] - 1:
-                        out[row_start + j] = pad_value
-                        continue
-                    n_touched = 0
-                    for dy in range(u * size, (u + 1) * size):
-                        line = band[dy]
-                        for dx in range(j * size, (j + 1) * size):
-                            k = line[dx]
-                            touched[n_touched] = k
-                            n_touched += hist[k] == 0
-                            hist[k] += 1
-                    total = 0.0
-                    for t in range(n_touched):
-                        k = touched[t]
-                        total += tables[table_start + hist[k]]
-                        hist[k] = 0
-                    out[row_start + j] = total
+                    border = pad_row or (j == cols[scale] - 1 and cols[scale] * size > width)
+                    out[row_start + j] = pad_value if border else totals[u * cols_s + j]
+            if store:
+                child_bins, parent_bins = parent_bins, child_bins
+                child_counts, parent_counts = parent_counts, child_counts
+                child_start, parent_start = parent_start, child_start
     return out
 
 
@@ -178,8 +346,8 @@ def entropy_maps_kernel(
 def histograms_kernel(images, bins, size, rows, cols, out):
     """Per-patch histograms of one scale: ``out`` is (B, rows, cols, bins) int32, zeroed."""
     batch, channels, height, width = images.shape
-    bins_f = np.float32(bins)
-    as_stored = np.zeros(3, dtype=np.float32)  # no normalisation to undo
+    bins_f, last_f = np.float32(bins), np.float32(bins - 1)
+    as_stored = (np.float32(0.0), np.float32(0.0), np.float32(0.0))  # no normalisation to undo
     for task in prange(batch * rows):
         b = task // rows
         i = task % rows
@@ -187,10 +355,11 @@ def histograms_kernel(images, bins, size, rows, cols, out):
             for y in range(i * size, (i + 1) * size):
                 for x in range(j * size, (j + 1) * size):
                     if y < height and x < width and channels == 3:
-                        out[b, i, j, _rgb_bin(images[b, 0, y, x], images[b, 1, y, x], images[b, 2, y, x], as_stored,
-                                              as_stored, False, bins_f, bins - 1)] += 1
+                        gray = _gray(images[b, 0, y, x], images[b, 1, y, x], images[b, 2, y, x], as_stored, as_stored,
+                                     False)
+                        out[b, i, j, _bin(gray, bins_f, last_f)] += 1
                     elif y < height and x < width:
-                        out[b, i, j, _bin(np.float32(images[b, 0, y, x]), bins_f, bins - 1)] += 1
+                        out[b, i, j, _bin(np.float32(images[b, 0, y, x]), bins_f, last_f)] += 1
                     else:
                         out[b, i, j, 0] += 1
     return out

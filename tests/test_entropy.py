@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import apt_research
 from apt_research import contract
@@ -140,6 +142,21 @@ def test_contract_numbers_are_declared_once():
 def test_most_bins_allowed(backend):
     images = torch.rand(2, 3, 40, 50, generator=torch.Generator().manual_seed(1)) * 255
     _check(images, 8, 3, contract.MAX_BINS, backend)
+
+
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(1, 140), width=st.integers(1, 140), patch_size=st.integers(2, 16),
+       num_scales=st.integers(1, 4), bins=st.sampled_from([2, 7, 64, 512, contract.MAX_BINS]),
+       flat=st.floats(0.0, 1.0), channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
+def test_numba_kernel_equals_reference_on_any_grid(height, width, patch_size, num_scales, bins, flat, channels, seed):
+    # The numba kernel counts only scale-0 patches and sums four children's sparse histograms above it,
+    # four neighbouring patches at a time (the last ones of a band alone): every width's remainder,
+    # padded rows and columns, more bins than pixels per patch, flat areas (one bin repeated) and noise.
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(2, channels, height, width, generator=generator) * 255
+    flat_rows = int(flat * height)
+    images[:, :, :flat_rows] = images[:, :, :1, :1]
+    _check(images, patch_size, num_scales, bins, "numba")
 
 
 @pytest.mark.parametrize("channels", [1, 3])
