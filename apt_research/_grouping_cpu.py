@@ -2,45 +2,62 @@
 
 Selection is one serial pass over the cells of every scale, coarsest first: a cell is
 kept where its score is below its scale's threshold (always at scale 0) and no coarser
-kept patch covers it. The same pass counts the kept patches of each image and scale.
+kept patch covers it. The same pass counts the kept patches of each image and scale and
+gives each grid row the slot of its first kept patch.
 
-Grouping is one parallel kernel per scale, one task per row of the grid of one image:
-each kept patch is written straight to its slot (the order is batch, row, column) as its
-resized patch, its base patches (scales above 0), its box and, for the forward, its
-packed box and label. The resized patch is the bilinear ``0.5**s`` downsampling with
-``align_corners=False``: each output pixel is ``(a/4 + b/4) + c/4 + d/4`` of the two rows
-and two columns around the source point, in float32 and in the order
-``F.interpolate``'s CPU kernel adds them, so the result is the same to the last bit.
-Pixels outside the image read as 0 (the zero padding).
+Grouping is one parallel kernel for every scale, one task per grid row of one image: each
+kept patch is written straight to its slot (the order is batch, row, column) as its resized
+patch, its base patches (scales above 0), its box and, for the forward, its packed box and
+label; the forward's class tokens are written by the same call. The resized patch is the
+bilinear ``0.5**s`` downsampling with ``align_corners=False``: each output pixel is
+``(a/4 + b/4) + c/4 + d/4`` of the two rows and two columns around the source point, in
+float32 and in the order ``F.interpolate``'s CPU kernel adds them, so the result is the same
+to the last bit. Pixels outside the image read as 0 (the zero padding). Images are read in
+place, planar ``(B, C, H, W)`` or channels-last (a decoded image's ``permute(2, 0, 1)``).
+
+A call costs a few numpy and torch steps besides the two kernels, so that one image at a
+time (a data-loader transform) costs little more per image than a batch.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from numba import njit, prange
 
 from ._numba import serial_twin
-
+from .contract import CLASS_TOKEN
 _QUARTER = np.float32(0.25)
 
 
 @njit(cache=True)
-def select_kernel(flat, thresholds, batch, rows, cols, offsets, masks, keep, counts):
-    """Masks of every scale from the flat maps, coarsest scale first.
+def select_kernel(flat, thresholds, batch, rows, cols, offsets, row_offsets, masks, keep, counts, row_starts,
+                  cu_seqlens, packed_starts):
+    """Masks of every scale from the flat maps, coarsest scale first, and the packed sequence's layout.
 
     ``flat``: float32 maps of scale s at ``offsets[s]``, laid out (B, rows[s], cols[s]);
     ``thresholds[s]``: float32 threshold of scale s (entry 0 unused). Writes ``masks``
-    (float32 0/1) and ``keep`` (uint8) in the same layout, and ``counts[b, s]``, the kept
-    patches of image b at scale s. ``keep`` of a coarser scale marks the cells covered
-    below it while the pass descends: 2 for covered by a kept ancestor, 1 for kept.
+    (float32 0/1) and ``keep`` (uint8) in the same layout, ``counts[b, s]``, the kept
+    patches of image b at scale s, and ``row_starts[row_offsets[s] + b * rows[s] + i]``, the
+    slot (among the kept patches of scale s of the whole batch) of the first kept patch of row i
+    of image b. ``keep`` of a coarser scale marks the cells covered below it while the pass
+    descends: 2 for covered by a kept ancestor, 1 for kept.
+
+    Then the packed sequence (each image's class token, then its patches scale by scale):
+    ``cu_seqlens`` (B + 1) and ``packed_starts[s, b]``, the packed position of slot 0 of scale s
+    for image b (its first scale-s token minus the scale-s patches of the images before it).
     """
     num_scales = rows.shape[0]
     for scale in range(num_scales - 1, -1, -1):
         threshold = thresholds[scale]
+        slot = 0
         for b in range(batch):
             kept = 0
             for i in range(rows[scale]):
+                row_starts[row_offsets[scale] + b * rows[scale] + i] = slot + kept
                 for j in range(cols[scale]):
                     cell = offsets[scale] + (b * rows[scale] + i) * cols[scale] + j
                     covered = False
@@ -52,178 +69,323 @@ def select_kernel(flat, thresholds, batch, rows, cols, offsets, masks, keep, cou
                     keep[cell] = 1 if take else (2 if covered else 0)
                     kept += take
             counts[b, scale] = kept
+            slot += kept
     for cell in range(keep.shape[0]):
         keep[cell] = keep[cell] == 1
+    cu_seqlens[0] = 0
+    for b in range(batch):
+        token = cu_seqlens[b] + 1  # after the class token
+        for scale in range(num_scales):
+            packed_starts[scale, b] = token
+            token += counts[b, scale]
+        cu_seqlens[b + 1] = token
+    for scale in range(num_scales):
+        before = 0
+        for b in range(batch):
+            packed_starts[scale, b] -= before
+            before += counts[b, scale]
 
 
 @njit(cache=True, inline="always")
-def _read(images, b, c, y, x, height, width):
+def _read(src, origin, row, step, y, x, height, width):
+    """The value at (y, x) of one channel plane that starts at ``origin``; 0 outside the image."""
     if y < height and x < width:
-        return images[b, c, y, x]
+        return src[origin + y * row + x * step]
     return np.float32(0.0)
 
 
 @njit(cache=True)
-def _write_border_patch(images, b, y0, x0, size, base, resized, full, n):
+def _write_border_patch(src, strides, height, width, channels, b, y0, x0, size, base, small, large, n, block0):
     """Patch n, which sticks out of the image (pixels outside read as 0): its resized copy into
-    ``resized[n]`` and, above scale 0, its base patches into ``full[n]``."""
-    _, channels, height, width = images.shape
+    ``small`` (slot n) and, above scale 0, its base patches into ``large`` (from base patch ``block0``)."""
+    stride_b, stride_c, row, step = strides
     factor = size // base
     first = factor // 2 - 1
+    patch = base * base
     for c in range(channels):
+        origin = b * stride_b + c * stride_c
+        out = (n * channels + c) * patch
         for dy in range(base):
             for dx in range(base):
                 if factor == 1:
-                    resized[n, c, dy, dx] = _read(images, b, c, y0 + dy, x0 + dx, height, width)
-                    continue
-                top, left = y0 + factor * dy + first, x0 + factor * dx + first
-                resized[n, c, dy, dx] = (
-                    (_QUARTER * _read(images, b, c, top, left, height, width)
-                     + _QUARTER * _read(images, b, c, top, left + 1, height, width))
-                    + _QUARTER * _read(images, b, c, top + 1, left, height, width)
-                ) + _QUARTER * _read(images, b, c, top + 1, left + 1, height, width)
-        if factor > 1:
-            for k in range(factor * factor):
-                for dy in range(base):
-                    for dx in range(base):
-                        y, x = y0 + (k // factor) * base + dy, x0 + (k % factor) * base + dx
-                        full[n, k, c, dy, dx] = _read(images, b, c, y, x, height, width)
+                    value = _read(src, origin, row, step, y0 + dy, x0 + dx, height, width)
+                else:
+                    top, left = y0 + factor * dy + first, x0 + factor * dx + first
+                    value = (
+                        (_QUARTER * _read(src, origin, row, step, top, left, height, width)
+                         + _QUARTER * _read(src, origin, row, step, top, left + 1, height, width))
+                        + _QUARTER * _read(src, origin, row, step, top + 1, left, height, width)
+                    ) + _QUARTER * _read(src, origin, row, step, top + 1, left + 1, height, width)
+                small[out + dy * base + dx] = value
+        for k in range(factor * factor if factor > 1 else 0):
+            block = ((block0 + k) * channels + c) * patch
+            for dy in range(base):
+                for dx in range(base):
+                    y, x = y0 + (k // factor) * base + dy, x0 + (k % factor) * base + dx
+                    large[block + dy * base + dx] = _read(src, origin, row, step, y, x, height, width)
 
 
 @njit(cache=True, inline="always")
-def _copy(src, start, dst, out, count):
-    """``dst[out : out + count] = src[start : start + count]`` (flat arrays, unsigned offsets)."""
+def _copy(src, start, step, dst, out, count):
+    """``dst[out + k] = src[start + k * step]`` for k < count (flat arrays, unsigned offsets)."""
     for k in range(count):
-        dst[out + k] = src[start + k]
+        dst[out + k] = src[start + k * step]
 
 
-@njit(cache=True, parallel=True)
-def group_kernel(images, keep, row_start, size, base, resized, full, boxes, packed_start, packed_boxes, labels, label):
-    """Write every kept patch of one scale to its slot.
-
-    ``keep``: (B, rows, cols) uint8; ``row_start[b * rows + i]``: slot of the first kept patch
-    of row i of image b. Outputs: ``resized`` (N, C, base, base), ``full`` (N, factor**2, C,
-    base, base) above scale 0 (unused at scale 0), ``boxes`` (N, 4) int64 ``(image, y0, x0,
-    size)``. With a non-empty ``packed_start`` (B,), patch n of image b is also token
-    ``packed_start[b] + n`` of the packed sequence: its box goes to ``packed_boxes`` and
-    ``label`` to ``labels``.
-    """
-    batch, rows, cols = keep.shape
-    _, channels, height, width = images.shape
+@njit(cache=True)
+def _group_row(src, strides, height, width, channels, keep_row, cols, size, base, b, i, n, block, small, large,
+               boxes, token, packed_boxes, labels, label):
+    """The kept patches of grid row i (scale of patch side ``size``) of image b: the first to slot n of
+    ``small`` and ``boxes`` (its base patches from base patch ``block`` of ``large``) and, with a non-empty
+    ``packed_boxes``, to token ``token`` of the packed sequence."""
     factor = size // base
     first = factor // 2 - 1
-    packed = packed_start.shape[0] > 0
-    src = images.ravel()
-    small = resized.ravel()
-    large = full.ravel()
-    plane = np.uintp(height * width)
-    row = np.uintp(width)
+    stride_b, stride_c = np.uintp(strides[0]), np.uintp(strides[1])
+    stride_y, stride_x = np.uintp(strides[2]), np.uintp(strides[3])
     side = np.uintp(base)
     patch = side * side  # values of one base patch of one channel
     step = np.uintp(factor)
-    for task in prange(batch * rows):
-        b = task // rows
-        i = task % rows
-        n = row_start[task]
-        for j in range(cols):
-            if keep[b, i, j] == 0:
-                continue
-            y0, x0 = i * size, j * size
-            if y0 + size > height or x0 + size > width:
-                _write_border_patch(images, b, y0, x0, size, base, resized, full, n)
-            else:
-                # Flat arrays and unsigned offsets: numba then emits no negative-index test per value, and the
-                # loops vectorise (several times faster than indexing the 4-d and 5-d arrays).
-                for c in range(channels):
-                    channel = np.uintp((b * channels + c)) * plane
-                    out = np.uintp(n * channels + c) * patch
-                    if factor == 1:
-                        for dy in range(side):
-                            _copy(src, channel + (np.uintp(y0) + dy) * row + np.uintp(x0), small, out + dy * side, side)
-                        continue
+    for j in range(cols):
+        if keep_row[j] == 0:
+            continue
+        y0, x0 = i * size, j * size
+        if y0 + size > height or x0 + size > width:
+            _write_border_patch(src, strides, height, width, channels, b, y0, x0, size, base, small, large, n, block)
+        else:
+            # Flat arrays and unsigned offsets: numba then emits no negative-index test per value, and the
+            # loops vectorise (several times faster than indexing the 4-d and 5-d arrays).
+            for c in range(channels):
+                origin = np.uintp(b) * stride_b + np.uintp(c) * stride_c
+                out = np.uintp(n * channels + c) * patch
+                if factor == 1:
                     for dy in range(side):
-                        top = channel + (np.uintp(y0 + first) + step * dy) * row + np.uintp(x0 + first)
-                        line = out + dy * side
-                        for dx in range(side):
-                            at = top + step * dx
-                            small[line + dx] = (
-                                (_QUARTER * src[at] + _QUARTER * src[at + 1]) + _QUARTER * src[at + row]
-                            ) + _QUARTER * src[at + row + 1]
-                    for u in range(step):
-                        for v in range(step):
-                            block = (np.uintp(n) * step * step + u * step + v) * np.uintp(channels) + np.uintp(c)
-                            origin = channel + (np.uintp(y0) + u * side) * row + np.uintp(x0) + v * side
-                            for dy in range(side):
-                                _copy(src, origin + dy * row, large, block * patch + dy * side, side)
-            boxes[n, 0] = b
-            boxes[n, 1] = i * size
-            boxes[n, 2] = j * size
-            boxes[n, 3] = size
-            if packed:
-                token = packed_start[b] + n
-                for k in range(4):
-                    packed_boxes[token, k] = boxes[n, k]
-                labels[token] = label
-            n += 1
+                        start = origin + (np.uintp(y0) + dy) * stride_y + np.uintp(x0) * stride_x
+                        _copy(src, start, stride_x, small, out + dy * side, side)
+                    continue
+                for dy in range(side):
+                    top = origin + (np.uintp(y0 + first) + step * dy) * stride_y + np.uintp(x0 + first) * stride_x
+                    line = out + dy * side
+                    for dx in range(side):
+                        at = top + step * dx * stride_x
+                        small[line + dx] = (
+                            (_QUARTER * src[at] + _QUARTER * src[at + stride_x]) + _QUARTER * src[at + stride_y]
+                        ) + _QUARTER * src[at + stride_y + stride_x]
+                for u in range(step):
+                    for v in range(step):
+                        at = (np.uintp(block) + u * step + v) * np.uintp(channels) + np.uintp(c)
+                        corner = origin + (np.uintp(y0) + u * side) * stride_y + (np.uintp(x0) + v * side) * stride_x
+                        for dy in range(side):
+                            _copy(src, corner + dy * stride_y, stride_x, large, at * patch + dy * side, side)
+        boxes[n, 0] = b
+        boxes[n, 1] = y0
+        boxes[n, 2] = x0
+        boxes[n, 3] = size
+        if packed_boxes.shape[0] > 0:
+            for k in range(4):
+                packed_boxes[token, k] = boxes[n, k]
+            labels[token] = label
+            token += 1
+        n += 1
+        block += factor * factor if factor > 1 else 0
+
+
+@njit(cache=True, parallel=True)
+def group_kernel(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets,
+                 row_starts, slots, blocks, small, large, boxes, packed_starts, packed_boxes, labels, cu_seqlens):
+    """Write every kept patch of every scale to its slot.
+
+    ``src``: the images as one flat float32 array, value (b, c, y, x) at ``b * strides[0] +
+    c * strides[1] + y * strides[2] + x * strides[3]``. ``keep`` (uint8, flat, scale s at
+    ``offsets[s]`` laid out (B, rows[s], cols[s])) and ``row_starts`` as ``select_kernel``
+    writes them. Outputs, every scale in one flat array each: slot ``slots[s] + n`` of ``small``
+    ``(N, C, base, base)`` and of ``boxes`` ``(N, 4)`` int64 ``(image, y0, x0, size)`` is patch n of
+    scale s; its base patches (scales above 0) are ``large`` ``(M, C, base, base)`` from base patch
+    ``blocks[s] + n * 4**s``. With a non-empty ``packed_boxes``, patch n of scale s of image b is
+    also token ``packed_starts[s, b] + n`` of the packed sequence: its box goes to ``packed_boxes``
+    and its label ``s + 1`` to ``labels``; token ``cu_seqlens[b]`` is image b's class token.
+    """
+    num_scales = rows.shape[0]
+    per_image = 0
+    for scale in range(num_scales):
+        per_image += rows[scale]
+    packed = packed_boxes.shape[0] > 0
+    for b in range(batch if packed else 0):
+        token = cu_seqlens[b]
+        packed_boxes[token, 0] = b
+        packed_boxes[token, 1] = -1
+        packed_boxes[token, 2] = -1
+        packed_boxes[token, 3] = 0
+        labels[token] = CLASS_TOKEN
+    # Image-major tasks: the threads' equal shares of the range are then whole images, whatever the scale.
+    for task in prange(batch * per_image):
+        b = task // per_image
+        i = task % per_image
+        scale = 0
+        while i >= rows[scale]:
+            i -= rows[scale]
+            scale += 1
+        cell = offsets[scale] + (b * rows[scale] + i) * cols[scale]
+        n = row_starts[row_offsets[scale] + b * rows[scale] + i]
+        token = packed_starts[scale, b] + n if packed else 0
+        _group_row(src, strides, height, width, channels, keep[cell : cell + cols[scale]], cols[scale],
+                   base << scale, base, b, i, slots[scale] + n, blocks[scale] + n * (1 << (2 * scale)), small, large,
+                   boxes, token, packed_boxes, labels, scale + 1)
 
 
 group_kernel_serial = serial_twin(group_kernel, "group_kernel_serial")
 
 
-def select_masks(maps: dict, sizes: list[int], thresholds: list[float]):
-    """Masks of float32 CPU ``maps`` (``select_patches_by_threshold``'s, compared in float32 as torch does).
+@njit(cache=True)
+def group_all(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets, row_starts,
+              counts, cu_seqlens, packed_starts, packed, parallel):
+    """Allocate the outputs of ``group_kernel`` (every scale in one array each) and fill them.
 
-    Returns ``masks`` ``{p_s: (B, h_s, w_s)}`` float32, ``keep`` (the same as uint8 numpy arrays, one
-    per scale) and ``counts`` ``(B, S)`` int64 numpy: kept patches per image and scale.
+    Returns ``small``, ``large``, ``boxes``, the first slot of each scale (``slots``, S + 1), the first
+    base patch of each scale in ``large`` (``blocks``, S + 1) and, with ``packed``, the packed sequence's
+    ``token_boxes`` and labels (``output_mask``).
     """
-    batch = maps[sizes[0]].shape[0]
-    rows = np.asarray([maps[size].shape[1] for size in sizes], dtype=np.int64)
-    cols = np.asarray([maps[size].shape[2] for size in sizes], dtype=np.int64)
-    cells = batch * rows * cols
+    num_scales = rows.shape[0]
+    slots = np.zeros(num_scales + 1, dtype=np.int64)
+    blocks = np.zeros(num_scales + 1, dtype=np.int64)
+    for scale in range(num_scales):
+        total = 0
+        for b in range(batch):
+            total += counts[b, scale]
+        slots[scale + 1] = slots[scale] + total
+        blocks[scale + 1] = blocks[scale] + (total << (2 * scale) if scale else 0)
+    patch = channels * base * base
+    small = np.empty(slots[num_scales] * patch, dtype=np.float32)
+    large = np.empty(blocks[num_scales] * patch, dtype=np.float32)
+    boxes = np.empty((slots[num_scales], 4), dtype=np.int64)
+    tokens = cu_seqlens[batch] if packed else 0
+    packed_boxes = np.empty((tokens, 4), dtype=np.int64)
+    labels = np.empty(tokens, dtype=np.int64)
+    if parallel:
+        group_kernel(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets,
+                     row_starts, slots, blocks, small, large, boxes, packed_starts, packed_boxes, labels, cu_seqlens)
+    else:
+        group_kernel_serial(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols,
+                            row_offsets, row_starts, slots, blocks, small, large, boxes, packed_starts, packed_boxes,
+                            labels, cu_seqlens)
+    return small, large, boxes, slots, blocks, packed_boxes, labels
+
+
+@njit(cache=True)
+def select_and_group(flat, thresholds, src, strides, height, width, channels, batch, base, offsets, rows, cols,
+                     row_offsets, parallel):
+    """``select_kernel`` then ``group_all``, for the forward: one call from Python for both.
+
+    Returns the masks (float32, flat), ``keep``, ``counts``, ``cu_seqlens`` and ``group_all``'s outputs.
+    """
+    num_scales = rows.shape[0]
+    cells = flat.shape[0]
+    masks = np.empty(cells, dtype=np.float32)
+    keep = np.empty(cells, dtype=np.uint8)
+    counts = np.empty((batch, num_scales), dtype=np.int64)
+    row_starts = np.empty(row_offsets[num_scales - 1] + batch * rows[num_scales - 1], dtype=np.int64)
+    cu_seqlens = np.empty(batch + 1, dtype=np.int64)
+    packed_starts = np.empty((num_scales, batch), dtype=np.int64)
+    select_kernel(flat, thresholds, batch, rows, cols, offsets, row_offsets, masks, keep, counts, row_starts,
+                  cu_seqlens, packed_starts)
+    groups = group_all(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets,
+                       row_starts, counts, cu_seqlens, packed_starts, True, parallel)
+    return (masks, keep, counts, cu_seqlens) + groups
+
+
+class Layout(NamedTuple):
+    """The flat per-scale layout of a batch's grids: numpy (read-only int64) for the kernels, ints for Python."""
+
+    rows: np.ndarray  # h_s
+    cols: np.ndarray  # w_s
+    offsets: np.ndarray  # first cell of scale s; cells laid out (B, h_s, w_s)
+    row_offsets: np.ndarray  # first grid row of scale s; rows laid out (B, h_s)
+    grids: tuple  # ((h_s, w_s), ...)
+    cell_ends: list  # offsets and the end, S + 1 ints
+
+
+@functools.lru_cache(maxsize=64)
+def flat_layout(batch: int, grids: tuple) -> Layout:
+    """The ``Layout`` of ``grids`` ``((h_s, w_s), ...)`` for ``batch`` images."""
+    rows = np.asarray([grid[0] for grid in grids], dtype=np.int64)
+    cols = np.asarray([grid[1] for grid in grids], dtype=np.int64)
+    cells, lines = batch * rows * cols, batch * rows
     offsets = np.concatenate(([0], np.cumsum(cells)[:-1]))
-    flat = torch.cat([maps[size].reshape(-1) for size in sizes]).numpy()
-    masks_flat = torch.empty(int(cells.sum()), dtype=torch.float32)
-    keep_flat = np.empty(int(cells.sum()), dtype=np.uint8)
-    counts = np.empty((batch, len(sizes)), dtype=np.int64)
-    select_kernel(flat, np.asarray([0.0, *thresholds], dtype=np.float32), batch, rows, cols, offsets,
-                  masks_flat.numpy(), keep_flat, counts)
-    masks, keep = {}, []
-    for s, size in enumerate(sizes):
-        shape = (batch, int(rows[s]), int(cols[s]))
-        masks[size] = masks_flat[offsets[s] : offsets[s] + cells[s]].view(shape)
-        keep.append(keep_flat[offsets[s] : offsets[s] + cells[s]].reshape(shape))
-    return masks, keep, counts
+    row_offsets = np.concatenate(([0], np.cumsum(lines)[:-1]))
+    for array in (rows, cols, offsets, row_offsets):
+        array.flags.writeable = False  # shared between calls
+    return Layout(rows, cols, offsets, row_offsets, tuple((int(r), int(c)) for r, c in grids),
+                  [0, *np.cumsum(cells).tolist()])
 
 
-def group_patches(images: torch.Tensor, keep: list[np.ndarray], sizes: list[int], base: int, packed=None) -> dict:
-    """``patch_groups``'s outputs for float32 CPU ``images`` and uint8 ``keep`` masks, one kernel per scale.
+def _flat_pixels(images: torch.Tensor):
+    """The float32 ``images`` as one flat numpy array read in place where it can be, and its element strides."""
+    batch, channels, height, width = images.shape
+    if not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        return images.permute(0, 2, 3, 1).numpy().reshape(-1), (height * width * channels, 1, width * channels,
+                                                                 channels)
+    return images.contiguous().numpy().reshape(-1), (channels * height * width, height * width, width, 1)
 
-    ``packed``: ``(starts, token_boxes, output_mask)`` to also write each patch's packed box and
-    label; ``starts`` ``(S, B)`` is the packed position of slot 0 of each scale, per image.
-    """
-    pixels = images.contiguous().numpy()
-    channels = images.shape[1]
-    kernel = group_kernel if torch.get_num_threads() > 1 else group_kernel_serial
-    empty_starts, empty_boxes, empty_labels = np.empty(0, np.int64), np.empty((0, 4), np.int64), np.empty(0, np.int64)
+
+def _parallel() -> bool:
+    """Whether to run the parallel kernel: not in one-thread processes (data-loader workers), see ``serial_twin``."""
+    return torch.get_num_threads() > 1
+
+
+def _groups(batch: int, channels: int, base: int, sizes: list[int], layout, keep, small, large, boxes, slots, blocks):
+    """``patch_groups``'s dict: per-scale views of ``group_all``'s flat outputs (one storage per kind)."""
+    grids, cell_ends = layout.grids, layout.cell_ends
+    small, large = torch.from_numpy(small), torch.from_numpy(large)
+    boxes, keep = torch.from_numpy(boxes), torch.from_numpy(keep).view(torch.bool)
+    slots, blocks = slots.tolist(), blocks.tolist()
+    patch = channels * base * base
     groups = {}
     for scale, size in enumerate(sizes):
-        mask = keep[scale]
-        per_row = mask.sum(2, dtype=np.int64).ravel()
-        row_start = np.cumsum(per_row) - per_row
-        total = int(per_row.sum())
-        factor = size // base
-        resized = torch.empty(total, channels, base, base)
-        full = torch.empty(total, factor * factor, channels, base, base) if scale else torch.empty(0, 0, 0, 0, 0)
-        boxes = torch.empty(total, 4, dtype=torch.int64)
-        if packed is None:
-            starts, packed_boxes, labels = empty_starts, empty_boxes, empty_labels
-        else:
-            starts, packed_boxes, labels = packed[0][scale], packed[1].numpy(), packed[2].numpy()
-        kernel(pixels, mask, row_start, size, base, resized.numpy(), full.numpy(), boxes.numpy(),
-                     starts, packed_boxes, labels, scale + 1)
-        groups[f"resized_patches_{size}"] = resized
+        first, last = slots[scale], slots[scale + 1]
+        groups[f"resized_patches_{size}"] = small[first * patch : last * patch].view(last - first, channels, base,
+                                                                                      base)
         if scale:
-            groups[f"full_patches_{size}"] = full
-        groups[f"pos_embed_mask_{size}"] = torch.from_numpy(mask).view(torch.bool).flatten(1)
-        groups[f"token_boxes_{size}"] = boxes
+            groups[f"full_patches_{size}"] = large[blocks[scale] * patch : blocks[scale + 1] * patch].view(
+                last - first, 4**scale, channels, base, base)
+        groups[f"pos_embed_mask_{size}"] = keep[cell_ends[scale] : cell_ends[scale + 1]].view(
+            batch, grids[scale][0] * grids[scale][1])
+        groups[f"token_boxes_{size}"] = boxes[first:last]
     return groups
+
+
+def group_patches(images: torch.Tensor, keep: list[torch.Tensor], sizes: list[int], base: int) -> dict:
+    """``patch_groups``'s outputs for float32 CPU ``images`` and bool masks ``keep`` ``(B, h_s, w_s)``."""
+    batch, channels, height, width = images.shape
+    arrays = [mask.contiguous().numpy().view(np.uint8) for mask in keep]
+    layout = flat_layout(batch, tuple(array.shape[1:] for array in arrays))
+    per_row = [array.sum(2, dtype=np.int64).reshape(-1) for array in arrays]
+    counts = np.stack([rows.reshape(batch, -1).sum(1) for rows in per_row], 1)
+    row_starts = np.concatenate([np.cumsum(rows) - rows for rows in per_row])
+    flat = np.concatenate([array.reshape(-1) for array in arrays])
+    pixels, strides = _flat_pixels(images)
+    no_packing = np.empty((len(sizes), 0), dtype=np.int64)
+    small, large, boxes, slots, blocks, _, _ = group_all(
+        pixels, strides, height, width, channels, batch, base, flat, layout.offsets, layout.rows, layout.cols,
+        layout.row_offsets, row_starts, counts, np.empty(0, dtype=np.int64), no_packing, False, _parallel())
+    return _groups(batch, channels, base, sizes, layout, flat, small, large, boxes, slots, blocks)
+
+
+def forward(images: torch.Tensor, flat: np.ndarray, grids: tuple, thresholds: np.ndarray, sizes: list[int],
+            base: int) -> dict:
+    """The CPU forward's outputs from the float32 flat maps (scale s laid out (B, h_s, w_s) after the scales
+    before it; thresholds compared in float32 as torch does): selection, grouping and packing in one call."""
+    batch, channels, height, width = images.shape
+    layout = flat_layout(batch, grids)
+    pixels, strides = _flat_pixels(images)
+    masks, keep, counts, cu_seqlens, small, large, boxes, slots, blocks, token_boxes, labels = select_and_group(
+        flat, thresholds, pixels, strides, height, width, channels, batch, base, layout.offsets, layout.rows,
+        layout.cols, layout.row_offsets, _parallel())
+    out = _groups(batch, channels, base, sizes, layout, keep, small, large, boxes, slots, blocks)
+    masks = torch.from_numpy(masks)
+    cell_ends = layout.cell_ends
+    out["masks"] = {size: masks[cell_ends[s] : cell_ends[s + 1]].view(batch, *grids[s]) for s, size in enumerate(sizes)}
+    out["output_mask"] = torch.from_numpy(labels)
+    cu = cu_seqlens.tolist()
+    out["seqlens"] = [end - start for start, end in zip(cu, cu[1:])]
+    out["cu_seqlens"] = torch.from_numpy(cu_seqlens.astype(np.int32))
+    out["token_boxes"] = torch.from_numpy(token_boxes)
+    return out

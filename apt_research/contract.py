@@ -35,3 +35,6 @@ MAX_BINS: int = 4096
 #: grow with the square of the patch side.
 COARSEST_PATCH_RATIO: int = 2
 SMALL_IMAGE_PATCH_LIMIT: int = 256
+
+#: Label of each image's class token in the packed sequence's ``output_mask`` (a token of scale s has ``s + 1``).
+CLASS_TOKEN: int = -1

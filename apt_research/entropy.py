@@ -111,6 +111,10 @@ def denormalize_pixels(images: torch.Tensor, shift: torch.Tensor, scale: torch.T
     return ((images.float() - shift) / scale * MAX_PIXEL).clamp(0.0, MAX_PIXEL)
 
 
+# No normalisation to undo. Writeable, as the per-call arrays are: numba compiles read-only arrays separately.
+_NO_SHIFT = np.zeros(3, dtype=np.float32)
+
+
 def _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value):
     height, width = images.shape[-2:]
     maps = {}
@@ -143,25 +147,36 @@ def _caused_by(error: BaseException, kind: type) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scales: int):
-    """Patch sizes, grid rows and columns, cells and offsets of each scale in the kernel's flat output."""
+    """Patch sizes, grid rows and columns, cells and offsets of each scale in the kernel's flat output (numpy,
+    read-only), then the grids ``((h_s, w_s), ...)`` and the offsets with the end (S + 1) as Python ints."""
     sizes = scale_sizes(patch_size, num_scales)
-    grids = [grid_shape(height, width, size) for size in sizes]
+    grids = tuple(grid_shape(height, width, size) for size in sizes)
     rows = np.asarray([g[0] for g in grids], dtype=np.int64)
     cols = np.asarray([g[1] for g in grids], dtype=np.int64)
     counts = batch * rows * cols
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     for array in (rows, cols, counts, offsets):
         array.flags.writeable = False  # shared between calls
-    return sizes, rows, cols, counts, offsets
+    return sizes, rows, cols, counts, offsets, grids, [0, *np.cumsum(counts).tolist()]
 
 
-def _three_channels(values: torch.Tensor) -> np.ndarray:
+def _three_channels(values) -> np.ndarray:
     """One or three per-channel numbers as a float32 numpy array of three (the kernel's ``shifts`` / ``scales``)."""
-    array = values.detach().cpu().numpy().astype(np.float32).ravel()
+    array = values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
+    array = array.astype(np.float32).ravel()
     return array if array.size == 3 else np.repeat(array, 3)
 
 
-def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
+def numba_denormalize(denormalize) -> tuple[np.ndarray, np.ndarray]:
+    """``(shift, scale)`` tensors as the numba kernel's float32 arrays of three (prepare once, pass to
+    ``entropy_flat_numba`` as ``denormalize``)."""
+    return _three_channels(denormalize[0]), _three_channels(denormalize[1])
+
+
+def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
+    """The numba kernel's maps of every scale in one flat float32 numpy array, and their layout
+    (``_numba_layout``): scale s holds ``counts[s]`` cells from ``offsets[s]``, laid out (B, rows[s], cols[s]). ``denormalize``: tensors or ``numba_denormalize``'s
+    arrays."""
     from ._entropy_cpu import entropy_maps_kernel, entropy_maps_kernel_serial
 
     if images.dtype not in (torch.uint8, torch.float32):
@@ -174,15 +189,15 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
     else:
         pixels = images.contiguous().numpy()
     batch, _, height, width = images.shape
-    sizes, rows, cols, counts, offsets = _numba_layout(batch, height, width, patch_size, num_scales)
+    layout = sizes, rows, cols, counts, offsets, _, _ = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
     # NaN never leaves the kernel (pad values are not NaN): cells still NaN afterwards mean a task of the
     # parallel loop failed to allocate its scratch, which numba does not raise from a parallel region.
     out = np.full(int(counts.sum()), np.nan, dtype=np.float32)
     if denormalize is None:
-        shift = scale = np.zeros(3, dtype=np.float32)
+        shift = scale = _NO_SHIFT
     else:
-        shift, scale = (_three_channels(t) for t in denormalize)
+        shift, scale = (_three_channels(value) for value in denormalize)
     bad_bands = np.zeros(batch * int(rows[-1]), dtype=np.bool_)
     # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
     kernel = entropy_maps_kernel if torch.get_num_threads() > 1 else entropy_maps_kernel_serial
@@ -206,11 +221,19 @@ def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denorma
             f"{int(cols[-1]) * sizes[-1]} pixels and {bins} bins per thread); use fewer scales or bins, or "
             "backend='torch'"
         )
+    return out, layout
+
+
+def maps_from_flat(out: np.ndarray, batch: int, layout) -> dict[int, torch.Tensor]:
+    """``{p_s: (B, h_s, w_s)}`` views of ``entropy_flat_numba``'s flat maps."""
+    sizes, grids, ends = layout[0], layout[5], layout[6]
     flat = torch.from_numpy(out)
-    return {
-        size: flat[offsets[s] : offsets[s] + counts[s]].view(batch, int(rows[s]), int(cols[s]))
-        for s, size in enumerate(sizes)
-    }
+    return {size: flat[ends[s] : ends[s + 1]].view(batch, *grids[s]) for s, size in enumerate(sizes)}
+
+
+def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
+    out, layout = entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize, check_finite)
+    return maps_from_flat(out, images.shape[0], layout)
 
 
 def triton_available() -> bool:

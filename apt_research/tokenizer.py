@@ -19,12 +19,19 @@ from ._validation import (
     check_pad_value,
     check_thresholds,
 )
-from .contract import DEFAULT_PAD_VALUE
-from .entropy import denormalize_pixels, grid_shape, numba_available, scale_sizes, triton_available
+from .contract import CLASS_TOKEN, DEFAULT_PAD_VALUE
+from .entropy import (
+    denormalize_pixels,
+    entropy_flat_numba,
+    grid_shape,
+    maps_from_flat,
+    numba_available,
+    numba_denormalize,
+    scale_sizes,
+    triton_available,
+)
 from .scorers import entropy_scorer, get_scorer, importance_maps_unchecked
 from .selection import select_patches_by_threshold
-
-CLASS_TOKEN = -1
 
 
 def _pair(name: str, value) -> tuple[int, int]:
@@ -114,8 +121,7 @@ def _patch_groups_gather(images, masks, base: int) -> dict[str, torch.Tensor]:
         from ._grouping_cpu import group_patches
 
         sizes = sorted(masks)
-        keep = [masks[size].bool().contiguous().numpy().view(np.uint8) for size in sizes]
-        return group_patches(images, keep, sizes, base)
+        return group_patches(images, [masks[size].bool() for size in sizes], sizes, base)
     height, width = images.shape[-2:]
     rows, cols = grid_shape(height, width, base)
     if (rows * base, cols * base) != (height, width):
@@ -230,6 +236,7 @@ class PatchTokenizer(nn.Module):
         self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
         self._threshold_cache = None
+        self._denormalize_cache = None  # (buffers' pointers and versions, their numba arrays)
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -251,6 +258,7 @@ class PatchTokenizer(nn.Module):
             raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
                              f"kept (the border rule); got pad_value={self.pad_value!r} below thresholds {checked}")
         self.thresholds = checked
+        self._numba_thresholds = np.asarray([0.0, *checked], dtype=np.float32)  # entry s: scale s's (numba)
 
     def extra_repr(self) -> str:
         return (
@@ -282,6 +290,9 @@ class PatchTokenizer(nn.Module):
         """
         kernel_checks = self._entropy_by_numba(images)
         self._check_input(images, values=not kernel_checks)
+        if kernel_checks:  # straight to the numba kernel: a data-loader transform calls this once per image
+            flat, layout = self._entropy_flat(images)
+            return maps_from_flat(flat, images.shape[0], layout)
         return self._importance_maps(images, check_finite=kernel_checks)
 
     def _entropy_by_kernel(self) -> bool:
@@ -362,6 +373,8 @@ class PatchTokenizer(nn.Module):
 
     def _forward_gather(self, images, importance_maps, check_finite: bool = False) -> dict:
         """CPU (numba) or plain torch forward; ``check_finite``: the entropy kernel checks the values."""
+        if importance_maps is None and check_finite and _numba_gather(images):
+            return self._forward_numba(images)  # the numba entropy kernel's maps, never split into tensors
         if importance_maps is None:
             importance_maps = self._importance_maps(images, check_finite)
         if _numba_gather(images) and all(importance_maps[size].dtype == torch.float32 for size in self.patch_sizes):
@@ -377,31 +390,29 @@ class PatchTokenizer(nn.Module):
         out["token_boxes"] = self._packed_boxes(out, images.shape[0], images.device)
         return out
 
-    def _forward_numba(self, images, importance_maps) -> dict:
-        """CPU float32: one selection pass, then one kernel per scale writes patches, boxes, packed boxes, labels."""
-        from ._grouping_cpu import group_patches, select_masks
+    def _forward_numba(self, images, importance_maps=None) -> dict:
+        """CPU float32: selection (which also lays out the packed sequence) and one grouping kernel, which writes
+        every scale's patches and boxes, the packed boxes and labels and the class tokens, in one call from
+        here. Without ``importance_maps`` the numba entropy kernel's flat maps go straight to the selection."""
+        from ._grouping_cpu import forward
 
-        masks, keep, counts = select_masks(importance_maps, self.patch_sizes, self.thresholds)
-        batch = images.shape[0]
-        seqlens = counts.sum(1) + 1
-        cu_seqlens = np.concatenate(([0], np.cumsum(seqlens)))
-        # Packed position of slot 0 of (scale, image): the image's first patch token of that scale minus the
-        # patches of that scale in the images before.
-        starts = (cu_seqlens[:-1, None] + 1 + np.cumsum(counts, 1) - counts) - (np.cumsum(counts, 0) - counts)
-        token_boxes = torch.empty(int(cu_seqlens[-1]), 4, dtype=torch.int64)
-        output_mask = torch.empty(int(cu_seqlens[-1]), dtype=torch.int64)
-        class_rows = torch.from_numpy(cu_seqlens[:-1])
-        token_boxes[class_rows] = torch.tensor([0, -1, -1, 0])
-        token_boxes[class_rows, 0] = torch.arange(batch)
-        output_mask[class_rows] = CLASS_TOKEN
-        out = group_patches(images, keep, self.patch_sizes, self.base_patch_size,
-                            packed=(np.ascontiguousarray(starts.T), token_boxes, output_mask))
-        out["masks"] = masks
-        out["output_mask"] = output_mask
-        out["seqlens"] = seqlens.tolist()
-        out["cu_seqlens"] = torch.from_numpy(cu_seqlens.astype(np.int32))
-        out["token_boxes"] = token_boxes
-        return out
+        sizes = self.patch_sizes
+        if importance_maps is None:
+            flat, layout = self._entropy_flat(images)
+            grids = layout[5]
+        else:
+            grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
+            flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
+        return forward(images, flat, grids, self._numba_thresholds, sizes, self.base_patch_size)
+
+    def _entropy_flat(self, images):
+        """The numba entropy kernel's flat maps and layout (``entropy_flat_numba``), values checked by the kernel."""
+        key = (self.unnorm_mean.data_ptr(), self.unnorm_mean._version, self.unnorm_std.data_ptr(),
+               self.unnorm_std._version)
+        if self._denormalize_cache is None or self._denormalize_cache[0] != key:
+            self._denormalize_cache = (key, numba_denormalize((self.unnorm_mean, self.unnorm_std)))
+        return entropy_flat_numba(images, self.base_patch_size, self.num_scales, self.method_options["bins"],
+                                  self.pad_value, self._denormalize_cache[1], check_finite=True)
 
     def _thresholds_on(self, device) -> torch.Tensor:
         """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); copied once."""
