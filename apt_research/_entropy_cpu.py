@@ -275,8 +275,9 @@ def entropy_maps_kernel(
 
     ``images``: (B, C, H, W), or (B, H, W, C) with ``channels_last``.
 
-    ``bad_bands[task]`` is set where the band of task ``b * rows[-1] + band_row`` holds a NaN or
-    an infinite value (its maps are then meaningless: the caller raises).
+    ``bad_bands[task]`` (uint8) is set, when task ``b * rows[-1] + band_row`` is done, to 1 where its
+    band holds a NaN or an infinite value (its maps are then meaningless: the caller raises), else 0.
+    A task that could not allocate its scratch leaves it as it was (``entropy_flat`` starts it at 2).
 
     With ``denormalize`` the images are normalised and each channel c is first
     mapped back to pixels as ``clamp((x - shifts[c]) / scales[c] * 255, 0, 255)``.
@@ -313,7 +314,7 @@ def entropy_maps_kernel(
         parent_bins = np.empty(sparse, dtype=np.int32)
         parent_counts = np.empty(sparse, dtype=np.int32)
         parent_start = np.empty(rows0 * cols0 + 1, dtype=np.int64)
-        bad_bands[task] = _band_bins(
+        poison = _band_bins(
             images, channels_last, b, band_row * coarsest, coarsest, bins, shifts, scales, denormalize, band
         )
         for scale in range(num_scales):
@@ -339,6 +340,7 @@ def entropy_maps_kernel(
                 child_bins, parent_bins = parent_bins, child_bins
                 child_counts, parent_counts = parent_counts, child_counts
                 child_start, parent_start = parent_start, child_start
+        bad_bands[task] = 1 if poison else 0
     return out
 
 
@@ -366,3 +368,32 @@ def histograms_kernel(images, bins, size, rows, cols, out):
 
 
 entropy_maps_kernel_serial = serial_twin(entropy_maps_kernel, "entropy_maps_kernel_serial")
+histograms_kernel_serial = serial_twin(histograms_kernel, "histograms_kernel_serial")
+
+
+_UNFINISHED = 2  # a task's ``bad_bands`` entry until it is done
+
+
+@njit(cache=True)
+def entropy_flat(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets,
+                 pad_value, shifts, scales, denormalize, cells):
+    """Allocate the flat maps (``cells`` float32) and fill them with ``entropy_maps_kernel`` (``entropy_flat_serial``:
+    its serial twin): one call from Python. Returns the maps and a status: -1 when all is well, -2 when a task
+    could not allocate its scratch (numba does not raise that from a parallel region), else the first image
+    that holds a NaN or an infinite value."""
+    per_image = rows[num_scales - 1]
+    tasks = images.shape[0] * per_image
+    out = np.empty(cells, dtype=np.float32)
+    bad_bands = np.full(tasks, _UNFINISHED, dtype=np.uint8)
+    entropy_maps_kernel(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets,
+                        pad_value, shifts, scales, denormalize, out, bad_bands)
+    for task in range(tasks):
+        if bad_bands[task] == _UNFINISHED:
+            return out, -2
+    for task in range(tasks):
+        if bad_bands[task] == 1:
+            return out, task // per_image
+    return out, -1
+
+
+entropy_flat_serial = serial_twin(entropy_flat, "entropy_flat_serial", entropy_maps_kernel=entropy_maps_kernel_serial)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ._entropy_cpu import entropy_flat, entropy_flat_serial
 from ._numba import serial_twin
 from .contract import CLASS_TOKEN
 _QUARTER = np.float32(0.25)
@@ -237,8 +238,9 @@ group_kernel_serial = serial_twin(group_kernel, "group_kernel_serial")
 
 @njit(cache=True)
 def group_all(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets, row_starts,
-              counts, cu_seqlens, packed_starts, packed, parallel):
-    """Allocate the outputs of ``group_kernel`` (every scale in one array each) and fill them.
+              counts, cu_seqlens, packed_starts, packed):
+    """Allocate the outputs of ``group_kernel`` (every scale in one array each) and fill them (``group_all_serial``:
+    with its serial twin).
 
     Returns ``small``, ``large``, ``boxes``, the first slot of each scale (``slots``, S + 1), the first
     base patch of each scale in ``large`` (``blocks``, S + 1) and, with ``packed``, the packed sequence's
@@ -260,20 +262,19 @@ def group_all(src, strides, height, width, channels, batch, base, keep, offsets,
     tokens = cu_seqlens[batch] if packed else 0
     packed_boxes = np.empty((tokens, 4), dtype=np.int64)
     labels = np.empty(tokens, dtype=np.int64)
-    if parallel:
-        group_kernel(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets,
-                     row_starts, slots, blocks, small, large, boxes, packed_starts, packed_boxes, labels, cu_seqlens)
-    else:
-        group_kernel_serial(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols,
-                            row_offsets, row_starts, slots, blocks, small, large, boxes, packed_starts, packed_boxes,
-                            labels, cu_seqlens)
+    group_kernel(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets, row_starts,
+                 slots, blocks, small, large, boxes, packed_starts, packed_boxes, labels, cu_seqlens)
     return small, large, boxes, slots, blocks, packed_boxes, labels
+
+
+group_all_serial = serial_twin(group_all, "group_all_serial", group_kernel=group_kernel_serial)
 
 
 @njit(cache=True)
 def select_and_group(flat, thresholds, src, strides, height, width, channels, batch, base, offsets, rows, cols,
-                     row_offsets, parallel):
-    """``select_kernel`` then ``group_all``, for the forward: one call from Python for both.
+                     row_offsets):
+    """``select_kernel`` then ``group_all`` (``select_and_group_serial``: its serial twin), for the forward: one
+    call from Python for both.
 
     Returns the masks (float32, flat), ``keep``, ``counts``, ``cu_seqlens`` and ``group_all``'s outputs.
     """
@@ -288,8 +289,11 @@ def select_and_group(flat, thresholds, src, strides, height, width, channels, ba
     select_kernel(flat, thresholds, batch, rows, cols, offsets, row_offsets, masks, keep, counts, row_starts,
                   cu_seqlens, packed_starts)
     groups = group_all(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets,
-                       row_starts, counts, cu_seqlens, packed_starts, True, parallel)
+                       row_starts, counts, cu_seqlens, packed_starts, True)
     return (masks, keep, counts, cu_seqlens) + groups
+
+
+select_and_group_serial = serial_twin(select_and_group, "select_and_group_serial", group_all=group_all_serial)
 
 
 class Layout(NamedTuple):
@@ -301,6 +305,29 @@ class Layout(NamedTuple):
     row_offsets: np.ndarray  # first grid row of scale s; rows laid out (B, h_s)
     grids: tuple  # ((h_s, w_s), ...)
     cell_ends: list  # offsets and the end, S + 1 ints
+
+
+@njit(cache=True)
+def tokenize(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value,
+             shifts, scales, denormalize, cells, thresholds, src, strides, row_offsets):
+    """The whole CPU forward of the numba entropy scorer in one call from Python: ``entropy_flat``, then, when
+    its status is -1 (all well), ``select_and_group`` (``tokenize_serial``: their serial twins). Returns the
+    status and ``select_and_group``'s outputs (empty where the status is not -1)."""
+    flat, status = entropy_flat(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables,
+                                table_offsets, pad_value, shifts, scales, denormalize, cells)
+    batch = images.shape[0]
+    if channels_last:
+        channels, height, width = images.shape[3], images.shape[1], images.shape[2]
+    else:
+        channels, height, width = images.shape[1], images.shape[2], images.shape[3]
+    if status != -1:
+        batch = 0  # nothing kept: every output empty
+    return (status,) + select_and_group(flat[: cells if batch else 0], thresholds, src, strides, height, width,
+                                        channels, batch, base, offsets, rows, cols, row_offsets)
+
+
+tokenize_serial = serial_twin(tokenize, "tokenize_serial", entropy_flat=entropy_flat_serial,
+                              select_and_group=select_and_group_serial)
 
 
 @functools.lru_cache(maxsize=64)
@@ -327,28 +354,29 @@ def _flat_pixels(images: torch.Tensor):
 
 
 def _parallel() -> bool:
-    """Whether to run the parallel kernel: not in one-thread processes (data-loader workers), see ``serial_twin``."""
+    """Whether to run the parallel kernels: not in one-thread processes (data-loader workers, see ``serial_twin``)."""
     return torch.get_num_threads() > 1
 
 
 def _groups(batch: int, channels: int, base: int, sizes: list[int], layout, keep, small, large, boxes, slots, blocks):
-    """``patch_groups``'s dict: per-scale views of ``group_all``'s flat outputs (one storage per kind)."""
+    """``patch_groups``'s dict: per-scale views of ``group_all``'s flat outputs (one storage per kind; numpy
+    views wrapped once each, cheaper than slicing tensors)."""
     grids, cell_ends = layout.grids, layout.cell_ends
-    small, large = torch.from_numpy(small), torch.from_numpy(large)
-    boxes, keep = torch.from_numpy(boxes), torch.from_numpy(keep).view(torch.bool)
+    keep = keep.view(np.bool_)
     slots, blocks = slots.tolist(), blocks.tolist()
     patch = channels * base * base
     groups = {}
     for scale, size in enumerate(sizes):
         first, last = slots[scale], slots[scale + 1]
-        groups[f"resized_patches_{size}"] = small[first * patch : last * patch].view(last - first, channels, base,
-                                                                                      base)
+        groups[f"resized_patches_{size}"] = torch.from_numpy(
+            small[first * patch : last * patch].reshape(last - first, channels, base, base))
         if scale:
-            groups[f"full_patches_{size}"] = large[blocks[scale] * patch : blocks[scale + 1] * patch].view(
-                last - first, 4**scale, channels, base, base)
-        groups[f"pos_embed_mask_{size}"] = keep[cell_ends[scale] : cell_ends[scale + 1]].view(
-            batch, grids[scale][0] * grids[scale][1])
-        groups[f"token_boxes_{size}"] = boxes[first:last]
+            groups[f"full_patches_{size}"] = torch.from_numpy(
+                large[blocks[scale] * patch : blocks[scale + 1] * patch].reshape(last - first, 4**scale, channels,
+                                                                                   base, base))
+        groups[f"pos_embed_mask_{size}"] = torch.from_numpy(
+            keep[cell_ends[scale] : cell_ends[scale + 1]].reshape(batch, grids[scale][0] * grids[scale][1]))
+        groups[f"token_boxes_{size}"] = torch.from_numpy(boxes[first:last])
     return groups
 
 
@@ -363,10 +391,26 @@ def group_patches(images: torch.Tensor, keep: list[torch.Tensor], sizes: list[in
     flat = np.concatenate([array.reshape(-1) for array in arrays])
     pixels, strides = _flat_pixels(images)
     no_packing = np.empty((len(sizes), 0), dtype=np.int64)
-    small, large, boxes, slots, blocks, _, _ = group_all(
+    small, large, boxes, slots, blocks, _, _ = (group_all if _parallel() else group_all_serial)(
         pixels, strides, height, width, channels, batch, base, flat, layout.offsets, layout.rows, layout.cols,
-        layout.row_offsets, row_starts, counts, np.empty(0, dtype=np.int64), no_packing, False, _parallel())
+        layout.row_offsets, row_starts, counts, np.empty(0, dtype=np.int64), no_packing, False)
     return _groups(batch, channels, base, sizes, layout, flat, small, large, boxes, slots, blocks)
+
+
+def _outputs(images, sizes, base, layout, masks, keep, counts, cu_seqlens, small, large, boxes, slots, blocks,
+             token_boxes, labels) -> dict:
+    """The forward's dict from ``select_and_group``'s outputs (views, no copies)."""
+    batch, channels = images.shape[:2]
+    out = _groups(batch, channels, base, sizes, layout, keep, small, large, boxes, slots, blocks)
+    grids, cell_ends = layout.grids, layout.cell_ends
+    out["masks"] = {size: torch.from_numpy(masks[cell_ends[s] : cell_ends[s + 1]].reshape(batch, *grids[s]))
+                    for s, size in enumerate(sizes)}
+    out["output_mask"] = torch.from_numpy(labels)
+    cu = cu_seqlens.tolist()
+    out["seqlens"] = [end - start for start, end in zip(cu, cu[1:])]
+    out["cu_seqlens"] = torch.from_numpy(cu_seqlens.astype(np.int32))
+    out["token_boxes"] = torch.from_numpy(token_boxes)
+    return out
 
 
 def forward(images: torch.Tensor, flat: np.ndarray, grids: tuple, thresholds: np.ndarray, sizes: list[int],
@@ -376,16 +420,26 @@ def forward(images: torch.Tensor, flat: np.ndarray, grids: tuple, thresholds: np
     batch, channels, height, width = images.shape
     layout = flat_layout(batch, grids)
     pixels, strides = _flat_pixels(images)
-    masks, keep, counts, cu_seqlens, small, large, boxes, slots, blocks, token_boxes, labels = select_and_group(
+    outputs = (select_and_group if _parallel() else select_and_group_serial)(
         flat, thresholds, pixels, strides, height, width, channels, batch, base, layout.offsets, layout.rows,
-        layout.cols, layout.row_offsets, _parallel())
-    out = _groups(batch, channels, base, sizes, layout, keep, small, large, boxes, slots, blocks)
-    masks = torch.from_numpy(masks)
-    cell_ends = layout.cell_ends
-    out["masks"] = {size: masks[cell_ends[s] : cell_ends[s + 1]].view(batch, *grids[s]) for s, size in enumerate(sizes)}
-    out["output_mask"] = torch.from_numpy(labels)
-    cu = cu_seqlens.tolist()
-    out["seqlens"] = [end - start for start, end in zip(cu, cu[1:])]
-    out["cu_seqlens"] = torch.from_numpy(cu_seqlens.astype(np.int32))
-    out["token_boxes"] = torch.from_numpy(token_boxes)
-    return out
+        layout.cols, layout.row_offsets)
+    return _outputs(images, sizes, base, layout, *outputs)
+
+
+def forward_entropy(images: torch.Tensor, arguments: tuple, thresholds: np.ndarray, sizes: list[int], base: int,
+                    grids: tuple) -> tuple:
+    """``tokenize``: the forward of the numba entropy scorer from float32 ``images`` in one call.
+
+    ``arguments``: ``tokenize``'s ``bins`` .. ``cells`` less the images and their layout flag (the entropy
+    kernel's, see ``entropy.entropy_flat_numba``). Returns the status (-1: all well, -2: the entropy
+    kernel could not allocate, else the first image with a NaN or an infinite value) and the outputs.
+    """
+    batch = images.shape[0]
+    layout = flat_layout(batch, grids)
+    pixels, strides = _flat_pixels(images)
+    channels_last = strides[3] != 1
+    planes = pixels.reshape((batch, images.shape[2], images.shape[3], images.shape[1]) if channels_last
+                            else tuple(images.shape))
+    status, *outputs = (tokenize if _parallel() else tokenize_serial)(planes, channels_last, *arguments, thresholds,
+                                                                      pixels, strides, layout.row_offsets)
+    return status, (_outputs(images, sizes, base, layout, *outputs) if status == -1 else None)

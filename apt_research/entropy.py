@@ -83,13 +83,14 @@ def patch_histograms(images: torch.Tensor, patch_size: int, bins: int, *, backen
     if backend == "numba":
         if images.device.type != "cpu":
             raise ValueError(f"backend 'numba' needs CPU tensors, got images on {images.device}")
-        from ._entropy_cpu import histograms_kernel
+        from ._entropy_cpu import histograms_kernel, histograms_kernel_serial
 
         pixels = images if images.dtype in (torch.uint8, torch.float32) else images.float()
         batch, _, height, width = pixels.shape
         rows, cols = grid_shape(height, width, patch_size)
         out = np.zeros((batch, rows, cols, bins), dtype=np.int32)
-        return torch.from_numpy(histograms_kernel(pixels.contiguous().numpy(), bins, patch_size, rows, cols, out))
+        kernel = histograms_kernel if torch.get_num_threads() > 1 else histograms_kernel_serial
+        return torch.from_numpy(kernel(pixels.contiguous().numpy(), bins, patch_size, rows, cols, out))
     gray = grayscale(images)
     batch, height, width = gray.shape
     rows, cols = grid_shape(height, width, patch_size)
@@ -136,7 +137,7 @@ def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)
 
 
-def _caused_by(error: BaseException, kind: type) -> bool:
+def caused_by(error: BaseException, kind: type) -> bool:
     """Whether ``error`` or an exception in its chain of causes is a ``kind``."""
     while error is not None:
         if isinstance(error, kind):
@@ -163,6 +164,8 @@ def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scal
 def _three_channels(values) -> np.ndarray:
     """One or three per-channel numbers as a float32 numpy array of three (the kernel's ``shifts`` / ``scales``)."""
     array = values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
+    if array.dtype == np.float32 and array.shape == (3,):
+        return array
     array = array.astype(np.float32).ravel()
     return array if array.size == 3 else np.repeat(array, 3)
 
@@ -173,62 +176,70 @@ def numba_denormalize(denormalize) -> tuple[np.ndarray, np.ndarray]:
     return _three_channels(denormalize[0]), _three_channels(denormalize[1])
 
 
-def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
-    """The numba kernel's maps of every scale in one flat float32 numpy array, and their layout
-    (``_numba_layout``): scale s holds ``counts[s]`` cells from ``offsets[s]``, laid out (B, rows[s], cols[s]). ``denormalize``: tensors or ``numba_denormalize``'s
-    arrays."""
-    from ._entropy_cpu import entropy_maps_kernel, entropy_maps_kernel_serial
-
-    if images.dtype not in (torch.uint8, torch.float32):
-        images = images.float()
-    # A channels-last batch (a decoded image's ``permute(2, 0, 1)``) is read in place: a copy to planes
-    # would cost about a third of one image's maps.
-    channels_last = not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
-    if channels_last:
-        pixels = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
-    else:
-        pixels = images.contiguous().numpy()
-    batch, _, height, width = images.shape
-    layout = sizes, rows, cols, counts, offsets, _, _ = _numba_layout(batch, height, width, patch_size, num_scales)
+def numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize=None):
+    """The numba entropy kernel's arguments after the images and their layout flag (``bins`` .. ``cells`` of
+    ``_entropy_cpu.entropy_flat``), and the layout (``_numba_layout``). ``denormalize``: tensors or
+    ``numba_denormalize``'s arrays."""
+    layout = sizes, rows, cols, _, offsets, _, ends = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
-    # NaN never leaves the kernel (pad values are not NaN): cells still NaN afterwards mean a task of the
-    # parallel loop failed to allocate its scratch, which numba does not raise from a parallel region.
-    out = np.full(int(counts.sum()), np.nan, dtype=np.float32)
-    if denormalize is None:
-        shift = scale = _NO_SHIFT
-    else:
-        shift, scale = (_three_channels(value) for value in denormalize)
-    bad_bands = np.zeros(batch * int(rows[-1]), dtype=np.bool_)
-    # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
-    kernel = entropy_maps_kernel if torch.get_num_threads() > 1 else entropy_maps_kernel_serial
-    try:
-        kernel(
-            pixels, channels_last, bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets,
-            np.float32(pad_value), shift, scale, denormalize is not None, out, bad_bands,
-        )
-        allocated = not np.isnan(out).any()
-    except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
-        if not _caused_by(error, MemoryError):
-            raise
-        allocated = False
-    if check_finite and bad_bands.any():
-        image = int(np.flatnonzero(bad_bands)[0]) // int(rows[-1])
-        raise ValueError(f"images must be finite, got a nan or inf value in image {image} of the batch; "
-                         "expected normalised pixel values")
-    if not allocated:
+    shift, scale = (_NO_SHIFT, _NO_SHIFT) if denormalize is None else numba_denormalize(denormalize)
+    return (bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value), shift,
+            scale, denormalize is not None, ends[-1]), layout
+
+
+def raise_for_status(status: int, check_finite: bool, arguments: tuple) -> None:
+    """Raise what the numba entropy kernel's ``status`` reports (``_entropy_cpu.entropy_flat``)."""
+    if status == -2:
+        bins, patch_size, num_scales, cols = arguments[0], arguments[1], arguments[2], arguments[4]
+        coarsest = patch_size << (num_scales - 1)
         raise MemoryError(
-            f"the numba entropy kernel could not allocate its scratch buffers (a band of {sizes[-1]} x "
-            f"{int(cols[-1]) * sizes[-1]} pixels and {bins} bins per thread); use fewer scales or bins, or "
+            f"the numba entropy kernel could not allocate its scratch buffers (a band of {coarsest} x "
+            f"{int(cols[-1]) * coarsest} pixels and {bins} bins per thread); use fewer scales or bins, or "
             "backend='torch'"
         )
-    return out, layout
+    if check_finite and status >= 0:
+        raise ValueError(f"images must be finite, got a nan or inf value in image {status} of the batch; "
+                         "expected normalised pixel values")
+
+
+def numba_pixels(images: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """``images`` as the numba kernel reads them in place: (B, C, H, W), or (B, H, W, C) for a channels-last
+    batch (a decoded image's ``permute(2, 0, 1)``: a copy to planes would cost a third of one image's maps)."""
+    if images.dtype not in (torch.uint8, torch.float32):
+        images = images.float()
+    if not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        return images.permute(0, 2, 3, 1).numpy(), True
+    return images.contiguous().numpy(), False
+
+
+def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False,
+                       arguments=None):
+    """The numba kernel's maps of every scale in one flat float32 numpy array, and their layout
+    (``_numba_layout``): scale s holds ``counts[s]`` cells from ``offsets[s]``, laid out (B, rows[s], cols[s]).
+    ``denormalize``: tensors or ``numba_denormalize``'s arrays; ``arguments``: ``numba_arguments``'s result
+    for these images, made beforehand (the other arguments are then not read)."""
+    from ._entropy_cpu import entropy_flat, entropy_flat_serial
+
+    batch, _, height, width = images.shape
+    if arguments is None:
+        arguments = numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize)
+    pixels, channels_last = numba_pixels(images)
+    try:
+        # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
+        out, status = (entropy_flat if torch.get_num_threads() > 1 else entropy_flat_serial)(pixels, channels_last,
+                                                                                          *arguments[0])
+    except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
+        if not caused_by(error, MemoryError):
+            raise
+        status = -2
+    raise_for_status(status, check_finite, arguments[0])
+    return out, arguments[1]
 
 
 def maps_from_flat(out: np.ndarray, batch: int, layout) -> dict[int, torch.Tensor]:
     """``{p_s: (B, h_s, w_s)}`` views of ``entropy_flat_numba``'s flat maps."""
     sizes, grids, ends = layout[0], layout[5], layout[6]
-    flat = torch.from_numpy(out)
-    return {size: flat[ends[s] : ends[s + 1]].view(batch, *grids[s]) for s, size in enumerate(sizes)}
+    return {size: torch.from_numpy(out[ends[s] : ends[s + 1]].reshape(batch, *grids[s])) for s, size in enumerate(sizes)}
 
 
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):

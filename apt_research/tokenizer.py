@@ -21,12 +21,14 @@ from ._validation import (
 )
 from .contract import CLASS_TOKEN, DEFAULT_PAD_VALUE
 from .entropy import (
+    caused_by,
     denormalize_pixels,
     entropy_flat_numba,
     grid_shape,
     maps_from_flat,
     numba_available,
-    numba_denormalize,
+    numba_arguments,
+    raise_for_status,
     scale_sizes,
     triton_available,
 )
@@ -236,7 +238,7 @@ class PatchTokenizer(nn.Module):
         self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
         self._threshold_cache = None
-        self._denormalize_cache = None  # (buffers' pointers and versions, their numba arrays)
+        self._numba_cache = {}  # numba_arguments by batch size and the normalisation buffers' identity
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -392,27 +394,47 @@ class PatchTokenizer(nn.Module):
 
     def _forward_numba(self, images, importance_maps=None) -> dict:
         """CPU float32: selection (which also lays out the packed sequence) and one grouping kernel, which writes
-        every scale's patches and boxes, the packed boxes and labels and the class tokens, in one call from
-        here. Without ``importance_maps`` the numba entropy kernel's flat maps go straight to the selection."""
-        from ._grouping_cpu import forward
+        every scale's patches and boxes, the packed boxes and labels and the class tokens. Without
+        ``importance_maps`` the numba entropy kernel runs first, in the same call from here (one image at a
+        time, as a data-loader transform calls it, costs little more than its share of a batch)."""
+        from ._grouping_cpu import forward, forward_entropy
 
         sizes = self.patch_sizes
         if importance_maps is None:
-            flat, layout = self._entropy_flat(images)
-            grids = layout[5]
-        else:
-            grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
-            flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
+            arguments = self._numba_arguments(images)
+            try:
+                status, out = forward_entropy(images, arguments[0], self._numba_thresholds, sizes,
+                                              self.base_patch_size, arguments[1][5])
+            except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
+                if not caused_by(error, MemoryError):
+                    raise
+                status = -2
+            raise_for_status(status, True, arguments[0])
+            return out
+        grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
+        flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
         return forward(images, flat, grids, self._numba_thresholds, sizes, self.base_patch_size)
+
+    def _numba_arguments(self, images):
+        """``numba_arguments`` for ``images``, made once per batch size and image size (and again if the
+        normalisation buffers change)."""
+        buffers = self._buffers
+        mean, std = buffers["unnorm_mean"], buffers["unnorm_std"]
+        key = (images.shape[0], mean.data_ptr(), mean._version, std.data_ptr(), std._version)
+        arguments = self._numba_cache.get(key)
+        if arguments is None:
+            if len(self._numba_cache) > 16:
+                self._numba_cache.clear()
+            height, width = self.image_size
+            arguments = self._numba_cache[key] = numba_arguments(
+                images.shape[0], height, width, self.base_patch_size, self.num_scales, self.method_options["bins"],
+                self.pad_value, (mean, std))
+        return arguments
 
     def _entropy_flat(self, images):
         """The numba entropy kernel's flat maps and layout (``entropy_flat_numba``), values checked by the kernel."""
-        key = (self.unnorm_mean.data_ptr(), self.unnorm_mean._version, self.unnorm_std.data_ptr(),
-               self.unnorm_std._version)
-        if self._denormalize_cache is None or self._denormalize_cache[0] != key:
-            self._denormalize_cache = (key, numba_denormalize((self.unnorm_mean, self.unnorm_std)))
         return entropy_flat_numba(images, self.base_patch_size, self.num_scales, self.method_options["bins"],
-                                  self.pad_value, self._denormalize_cache[1], check_finite=True)
+                                  self.pad_value, check_finite=True, arguments=self._numba_arguments(images))
 
     def _thresholds_on(self, device) -> torch.Tensor:
         """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); copied once."""

@@ -5,6 +5,9 @@ The plain torch path (``select_patches_by_threshold``, ``nonzero`` gathers, stri
 ``test_selection.py``; here every output of the CPU forward must equal it exactly.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -135,3 +138,27 @@ def test_data_loader_workers_forked_after_the_parallel_kernels_ran():
     maps, seqlens = zip(*loader)
     assert torch.equal(torch.cat(maps), tokenizer.compute_importance_maps(normalise(pixels))[16])
     assert torch.cat(seqlens).tolist() == expected["seqlens"]
+
+
+def test_one_thread_stays_one_thread(tmp_path):
+    # A compiled function that refers to a parallel kernel starts numba's OpenMP pool when loaded, which
+    # resets OpenMP's thread count and with it torch's: after that a data-loader worker (one thread) would
+    # take the parallel kernels, which do not survive a fork. Every CPU path must leave one thread alone.
+    script = tmp_path / "one_thread.py"
+    script.write_text(
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "from apt_research import PatchTokenizer, compute_patch_entropy_batched, patch_histograms\n"
+        "images = torch.rand(2, 3, 64, 80) * 4 - 2\n"
+        "tokenizer = PatchTokenizer(3, 16, (64, 80), [5.75, 4.0])\n"
+        "maps = tokenizer.compute_importance_maps(images)\n"
+        "tokenizer(images)\n"
+        "tokenizer(images, maps)\n"
+        "tokenizer.construct_patch_groups(images, tokenizer.construct_masks(maps)[0])\n"
+        "compute_patch_entropy_batched(torch.rand(2, 3, 64, 80) * 255, 16, 3, 512)\n"
+        "patch_histograms(torch.rand(2, 3, 64, 80) * 255, 16, 512, backend='numba')\n"
+        "print(torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]
