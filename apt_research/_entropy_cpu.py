@@ -275,7 +275,7 @@ def entropy_maps_kernel(
 
     ``images``: (B, C, H, W), or (B, H, W, C) with ``channels_last``.
 
-    ``bad_bands[task]`` (uint8) is set, when task ``b * rows[-1] + band_row`` is done, to 1 where its
+    ``bad_bands[task]`` (uint8) is set, when task ``task`` (of image ``task // rows[-1]``) is done, to 1 where its
     band holds a NaN or an infinite value (its maps are then meaningless: the caller raises), else 0.
     A task that could not allocate its scratch leaves it as it was (``entropy_flat`` starts it at 2).
 
@@ -300,9 +300,13 @@ def entropy_maps_kernel(
     rows0, cols0 = coarsest // base, padded_width // base  # scale-0 patches of a band
     capacity = rows0 * cols0 * min(bins, base * base)  # the most sparse entries of one scale in a band
     multi = num_scales > 1
+    half = (rows[top] + 1) // 2
     for task in prange(batch * rows[top]):
         b = task // rows[top]
-        band_row = task % rows[top]
+        # An image's even bands, then its odd ones: two threads on one image alone then share its top and
+        # bottom (which often differ in cost: sky and ground) instead of taking one each.
+        k = task % rows[top]
+        band_row = 2 * k if k < half else 2 * (k - half) + 1
         band = np.empty((coarsest, padded_width), dtype=np.int32)
         hist = np.zeros((4, bins), dtype=np.int32)
         touched = np.empty((4, min(bins, coarsest * coarsest) + 1), dtype=np.int32)

@@ -217,14 +217,24 @@ def group_kernel(src, strides, height, width, channels, batch, base, keep, offse
         packed_boxes[token, 2] = -1
         packed_boxes[token, 3] = 0
         labels[token] = CLASS_TOKEN
-    # Image-major tasks: the threads' equal shares of the range are then whole images, whatever the scale.
+    # Tasks image by image and, within an image, band by band of the coarsest grid (its row, then the rows of
+    # each finer scale inside it): the kept patches tile the image, so the threads' equal shares of the range
+    # hold about equal areas, whole images in a batch and halves of the image for one image alone.
+    top = num_scales - 1
+    task_scale = np.empty(per_image, dtype=np.int64)
+    task_row = np.empty(per_image, dtype=np.int64)
+    t = 0
+    for band in range(rows[top]):
+        for scale in range(top, -1, -1):
+            span = 1 << (top - scale)
+            for i in range(band * span, min((band + 1) * span, rows[scale])):
+                task_scale[t] = scale
+                task_row[t] = i
+                t += 1
     for task in prange(batch * per_image):
         b = task // per_image
-        i = task % per_image
-        scale = 0
-        while i >= rows[scale]:
-            i -= rows[scale]
-            scale += 1
+        scale = task_scale[task % per_image]
+        i = task_row[task % per_image]
         cell = offsets[scale] + (b * rows[scale] + i) * cols[scale]
         n = row_starts[row_offsets[scale] + b * rows[scale] + i]
         token = packed_starts[scale, b] + n if packed else 0
