@@ -26,7 +26,9 @@ from ._numba import serial_twin
 from .contract import GRAY_WEIGHTS, MAX_PIXEL
 
 # float32 globals: numba freezes them into the compiled kernels, in float32 arithmetic. Its on-disk cache is
-# keyed on this file, so after editing contract.py remove this package's __pycache__ (or touch this file).
+# keyed on the file of each compiled function only, so after editing contract.py remove this package's
+# __pycache__ (or touch this file); after editing this file, also _grouping_cpu.py's drivers, which compile
+# entropy_flat in (a clean clone is unaffected).
 _R, _G, _B = (np.float32(weight) for weight in GRAY_WEIGHTS)
 _MAX_PIXEL = np.float32(MAX_PIXEL)
 _ZERO = np.float32(0.0)
@@ -148,7 +150,7 @@ def _band_bins(images, channels_last, b, y0, rows, bins, shifts, scales, denorma
 @njit(cache=True, inline="always")
 def _entropy_of_touched(hist, touched, n_touched, tables, table_start, store, sparse_bins, sparse_counts, fill):
     """Entropy of the histogram ``hist`` over its ``n_touched`` non-empty bins ``touched[:n_touched]``
-    (summed in float64 in that order), clearing them; with ``store`` also appends each ``(bin, count)``
+    (summed in float64, in four partial sums over every fourth bin), clearing them; with ``store`` also appends each ``(bin, count)``
     to the sparse lists from ``fill``. Returns the entropy and the new ``fill``."""
     # Four partial sums: one float64 chain would wait on each addition's latency.
     sum0 = sum1 = sum2 = sum3 = 0.0

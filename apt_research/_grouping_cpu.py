@@ -15,8 +15,12 @@ float32 and in the order ``F.interpolate``'s CPU kernel adds them, so the result
 to the last bit. Pixels outside the image read as 0 (the zero padding). Images are read in
 place, planar ``(B, C, H, W)`` or channels-last (a decoded image's ``permute(2, 0, 1)``).
 
-A call costs a few numpy and torch steps besides the two kernels, so that one image at a
+A call costs a few numpy and torch steps besides the kernels, so that one image at a
 time (a data-loader transform) costs little more per image than a batch.
+
+numba's on-disk cache is keyed on the file of each compiled function only: ``tokenize`` compiles
+``_entropy_cpu.entropy_flat`` in, and the kernels freeze ``contract.CLASS_TOKEN``, so after editing
+``_entropy_cpu.py`` or ``contract.py`` remove this package's ``__pycache__`` (a clean clone is unaffected).
 """
 
 from __future__ import annotations

@@ -205,6 +205,7 @@ def raise_for_status(status: int, check_finite: bool, arguments: tuple) -> None:
 def numba_pixels(images: torch.Tensor) -> tuple[np.ndarray, bool]:
     """``images`` as the numba kernel reads them in place: (B, C, H, W), or (B, H, W, C) for a channels-last
     batch (a decoded image's ``permute(2, 0, 1)``: a copy to planes would cost a third of one image's maps)."""
+    images = images.detach()
     if images.dtype not in (torch.uint8, torch.float32):
         images = images.float()
     if not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):

@@ -238,7 +238,7 @@ class PatchTokenizer(nn.Module):
         self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
         self._threshold_cache = None
-        self._numba_cache = {}  # numba_arguments by batch size and the normalisation buffers' identity
+        self._numba_cache = {}  # numba_arguments by what they are made of (see _numba_arguments)
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -260,7 +260,6 @@ class PatchTokenizer(nn.Module):
             raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
                              f"kept (the border rule); got pad_value={self.pad_value!r} below thresholds {checked}")
         self.thresholds = checked
-        self._numba_thresholds = np.asarray([0.0, *checked], dtype=np.float32)  # entry s: scale s's (numba)
 
     def extra_repr(self) -> str:
         return (
@@ -403,7 +402,7 @@ class PatchTokenizer(nn.Module):
         if importance_maps is None:
             arguments = self._numba_arguments(images)
             try:
-                status, out = forward_entropy(images, arguments[0], self._numba_thresholds, sizes,
+                status, out = forward_entropy(images, arguments[0], self._numba_thresholds(), sizes,
                                               self.base_patch_size, arguments[1][5])
             except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
                 if not caused_by(error, MemoryError):
@@ -413,23 +412,32 @@ class PatchTokenizer(nn.Module):
             return out
         grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
         flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
-        return forward(images, flat, grids, self._numba_thresholds, sizes, self.base_patch_size)
+        return forward(images, flat, grids, self._numba_thresholds(), sizes, self.base_patch_size)
 
     def _numba_arguments(self, images):
-        """``numba_arguments`` for ``images``, made once per batch size and image size (and again if the
-        normalisation buffers change)."""
+        """``numba_arguments`` for ``images``, made once per key: everything they are made of (the images'
+        shape, the normalisation's values, the entropy options), so no change of any of them is missed."""
         buffers = self._buffers
-        mean, std = buffers["unnorm_mean"], buffers["unnorm_std"]
-        key = (images.shape[0], mean.data_ptr(), mean._version, std.data_ptr(), std._version)
-        arguments = self._numba_cache.get(key)
+        key = (tuple(images.shape), tuple(buffers["unnorm_mean"].view(-1).tolist()),
+               tuple(buffers["unnorm_std"].view(-1).tolist()), self.base_patch_size, self.num_scales,
+               self.method_options["bins"], self.pad_value)
+        cache = self.__dict__.setdefault("_numba_cache", {})  # (a tokenizer unpickled from before it had one)
+        arguments = cache.get(key)
         if arguments is None:
-            if len(self._numba_cache) > 16:
-                self._numba_cache.clear()
-            height, width = self.image_size
-            arguments = self._numba_cache[key] = numba_arguments(
-                images.shape[0], height, width, self.base_patch_size, self.num_scales, self.method_options["bins"],
-                self.pad_value, (mean, std))
+            if len(cache) > 16:
+                cache.clear()
+            batch, _, height, width = images.shape
+            arguments = cache[key] = numba_arguments(batch, height, width, *key[3:6], self.pad_value,
+                                                     (buffers["unnorm_mean"], buffers["unnorm_std"]))
         return arguments
+
+    def _numba_thresholds(self) -> np.ndarray:
+        """float32 ``(S,)`` numpy for the numba selection: entry s is scale s's threshold (entry 0 unused)."""
+        key = tuple(self.thresholds)
+        cached = self.__dict__.get("_numba_threshold_cache")
+        if cached is None or cached[0] != key:
+            cached = self._numba_threshold_cache = (key, np.asarray([0.0, *key], dtype=np.float32))
+        return cached[1]
 
     def _entropy_flat(self, images):
         """The numba entropy kernel's flat maps and layout (``entropy_flat_numba``), values checked by the kernel."""

@@ -245,14 +245,17 @@ def alternately(calls: dict, repeats: int) -> dict:
     return best
 
 
-def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=200) -> str:
+def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) -> str:
     """One image per call, as a data-loader transform calls it, against the per-image cost in a batch.
 
     The one-image calls go over the same ``batch`` images as the batch call, each alone: images differ
     in cost (flat ones are cheaper), so one chosen image would measure its content, not the per-call cost.
-    The batch and one-image calls are timed alternately (``alternately``): timed each back to back, the
-    batch runs with its own scratch and outputs still in cache from the call before, which a data
-    loader's calls, with other work between them, never see.
+    The batch call and the loop of one-image calls are timed alternately, ``repeats`` rounds
+    (``alternately``), so that both start from the same machine state; timed each back to back, the
+    batch ran with its own scratch and outputs still in cache from the call before. Within the loop each
+    call follows the previous image's, as a worker's calls follow each other. Both sides run with this
+    process's torch threads; data-loader workers run one thread each (the ``loader`` section), so the
+    decode comparison below is also given with one thread.
     """
     lines = [
         f"| base patch, resolution | maps: batch {batch} ms/img | maps: each image alone, ms/img "
@@ -274,7 +277,7 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=200)
             "maps_one": each(tokenizer.compute_importance_maps),
             "fwd_batch": lambda: tokenizer(images),
             "fwd_one": each(tokenizer),
-        }, repeats=12)
+        }, repeats=repeats)
         maps_batch, maps_one, fwd_batch, fwd_one = (best[key] for key in ("maps_batch", "maps_one", "fwd_batch",
                                                                           "fwd_one"))
         record = dict(base=base, size=size, maps_batch_ms=1000 * maps_batch / batch,
@@ -288,22 +291,34 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=200)
                      f"| {record['forward_one_ms']:.3f} | **{record['forward_ratio']:.2f}** |")
         print(lines[-1], flush=True)
     data = jpeg_bytes(512)
-    decode_s, decoded = timed(decode_and_resize, data, 224, repeats=repeats)
+    decode_s, decoded = timed(decode_and_resize, data, 224, repeats=10 * repeats)
     tokenizer = PatchTokenizer(3, 14, 224, [6.0, 5.0], MEAN, STD)
-    normalised_s, _ = timed(tokenizer.compute_importance_maps, normalised(decoded[None].float()), repeats=repeats)
-    uint8_s, _ = timed(compute_patch_entropy_batched, decoded[None], 14, 3, 512, repeats=repeats)
-    results["one_image"] = dict(rows=records, decode_resize_ms=1000 * decode_s, maps_normalised_ms=1000 * normalised_s,
-                                maps_uint8_ms=1000 * uint8_s, jpeg_bytes=len(data))
+    image = normalised(decoded[None].float())
+    default = torch.get_num_threads()
+    maps_s = {}
+    for count in (default, 1):
+        torch.set_num_threads(count)
+        try:
+            maps_s[count] = (timed(tokenizer.compute_importance_maps, image, repeats=10 * repeats)[0],
+                             timed(compute_patch_entropy_batched, decoded[None], 14, 3, 512, repeats=10 * repeats)[0])
+        finally:
+            torch.set_num_threads(default)
+    results["one_image"] = dict(rows=records, decode_resize_ms=1000 * decode_s, jpeg_bytes=len(data),
+                                maps_normalised_ms=1000 * maps_s[default][0], maps_uint8_ms=1000 * maps_s[default][1],
+                                maps_normalised_one_thread_ms=1000 * maps_s[1][0],
+                                maps_uint8_one_thread_ms=1000 * maps_s[1][1])
     lines += [
         "",
         "| one 224x224 image, base patch 14, 3 scales | ms | / PIL decode + resize (target <= 0.1) |",
         "|---|---|---|",
-        f"| PIL: decode a 512x512 JPEG ({len(data) // 1024} KiB) + bilinear resize to 224 | {1000 * decode_s:.3f} | 1 |",
-        f"| maps, `tokenizer.compute_importance_maps` (normalised float32) | {1000 * normalised_s:.3f} "
-        f"| **{normalised_s / decode_s:.3f}** |",
-        f"| maps, `compute_patch_entropy_batched` (the decoded uint8 pixels) | {1000 * uint8_s:.3f} "
-        f"| **{uint8_s / decode_s:.3f}** |",
+        f"| PIL: decode a 512x512 JPEG ({len(data) // 1024} KiB) + bilinear resize to 224 (one thread) "
+        f"| {1000 * decode_s:.3f} | 1 |",
     ]
+    for count in (default, 1):
+        for label, seconds in (("`tokenizer.compute_importance_maps` (normalised float32)", maps_s[count][0]),
+                               ("`compute_patch_entropy_batched` (the decoded uint8 pixels)", maps_s[count][1])):
+            lines.append(f"| maps, {label}, {count} thread{'s' if count > 1 else ''} | {1000 * seconds:.3f} "
+                         f"| **{seconds / decode_s:.3f}** |")
     return "\n".join(lines)
 
 

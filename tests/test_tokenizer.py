@@ -234,3 +234,32 @@ def test_set_thresholds_gives_a_fresh_tokenizer_s_tokens():
     assert tokenizer.thresholds == [6.5, 7.0]
     merged = PatchTokenizer(3, 8, 64, [6.5, 7.0], MEAN, STD)(images)["seqlens"]
     assert tokenizer(images)["seqlens"] == merged and merged != [65, 65]
+
+
+def test_maps_of_images_that_require_grad_equal_the_detached_ones():
+    images = normalise(skimage_batch(61, 97))
+    tokenizer = PatchTokenizer(3, 14, (61, 97), [6.0, 5.0], MEAN, STD)
+    got = tokenizer.compute_importance_maps(images.clone().requires_grad_())
+    expected = tokenizer.compute_importance_maps(images)
+    assert all(torch.equal(got[size], expected[size]) for size in expected)
+
+
+def test_the_numba_path_follows_every_change_of_the_tokenizer():
+    # The CPU forward keeps its kernel arguments between calls: a change of thresholds (even by plain
+    # assignment), of the normalisation (even in place through .data, which no version counter sees)
+    # or of the batch size must reach the next call.
+    images = normalise(skimage_batch(64, 64, ["astronaut", "camera", "coffee"]))
+    other_mean, other_std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    tokenizer(images)
+    tokenizer.thresholds = [6.5, 7.0]
+    assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [6.5, 7.0], MEAN, STD)(images)["seqlens"]
+    fresh = PatchTokenizer(3, 8, 64, [6.5, 7.0], other_mean, other_std)
+    tokenizer.unnorm_mean.data.copy_(fresh.unnorm_mean)
+    tokenizer.unnorm_std.data.copy_(fresh.unnorm_std)
+    for batch in (images, images[:1]):
+        got, expected = tokenizer(batch), fresh(batch)
+        assert got["seqlens"] == expected["seqlens"]
+        assert torch.equal(got["resized_patches_8"], expected["resized_patches_8"])
+        maps, fresh_maps = tokenizer.compute_importance_maps(batch), fresh.compute_importance_maps(batch)
+        assert all(torch.equal(maps[size], fresh_maps[size]) for size in fresh_maps)
