@@ -254,17 +254,18 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
     (``alternately``), so that both start from the same machine state; timed each back to back, the
     batch ran with its own scratch and outputs still in cache from the call before. Within the loop each
     call follows the previous image's, as a worker's calls follow each other. Both sides run with this
-    process's torch threads; data-loader workers run one thread each (the ``loader`` section), so the
-    decode comparison below is also given with one thread.
+    process's torch threads, then both with one thread, as data-loader workers run (the ``loader``
+    section); the decode comparison below is also given with one thread.
     """
     lines = [
-        f"| base patch, resolution | maps: batch {batch} ms/img | maps: each image alone, ms/img "
+        f"| base patch, resolution | threads | maps: batch {batch} ms/img | maps: each image alone, ms/img "
         f"| one / batch (target <= 1.5) | forward: batch {batch} ms/img | forward: each image alone, ms/img "
         "| one / batch (target <= 2) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     records = []
-    for base, size, thresholds in rows:
+    default = torch.get_num_threads()
+    for (base, size, thresholds), count in ((row, count) for row in rows for count in (default, 1)):
         images = normalised(real_batch(size, batch))
         tokenizer = PatchTokenizer(3, base, size, list(thresholds), MEAN, STD)
         singles = [images[i : i + 1].clone() for i in range(batch)]
@@ -272,21 +273,25 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
         def each(function):
             return lambda: [function(image) for image in singles]
 
-        best = alternately({
-            "maps_batch": lambda: tokenizer.compute_importance_maps(images),
-            "maps_one": each(tokenizer.compute_importance_maps),
-            "fwd_batch": lambda: tokenizer(images),
-            "fwd_one": each(tokenizer),
-        }, repeats=repeats)
+        torch.set_num_threads(count)
+        try:
+            best = alternately({
+                "maps_batch": lambda: tokenizer.compute_importance_maps(images),
+                "maps_one": each(tokenizer.compute_importance_maps),
+                "fwd_batch": lambda: tokenizer(images),
+                "fwd_one": each(tokenizer),
+            }, repeats=repeats)
+        finally:
+            torch.set_num_threads(default)
         maps_batch, maps_one, fwd_batch, fwd_one = (best[key] for key in ("maps_batch", "maps_one", "fwd_batch",
                                                                           "fwd_one"))
-        record = dict(base=base, size=size, maps_batch_ms=1000 * maps_batch / batch,
+        record = dict(base=base, size=size, threads=count, maps_batch_ms=1000 * maps_batch / batch,
                       maps_one_ms=1000 * maps_one / batch, forward_batch_ms=1000 * fwd_batch / batch,
                       forward_one_ms=1000 * fwd_one / batch)
         record["maps_ratio"] = record["maps_one_ms"] / record["maps_batch_ms"]
         record["forward_ratio"] = record["forward_one_ms"] / record["forward_batch_ms"]
         records.append(record)
-        lines.append(f"| {base}, {size} | {record['maps_batch_ms']:.3f} | {record['maps_one_ms']:.3f} "
+        lines.append(f"| {base}, {size} | {count} | {record['maps_batch_ms']:.3f} | {record['maps_one_ms']:.3f} "
                      f"| **{record['maps_ratio']:.2f}** | {record['forward_batch_ms']:.3f} "
                      f"| {record['forward_one_ms']:.3f} | **{record['forward_ratio']:.2f}** |")
         print(lines[-1], flush=True)
@@ -294,7 +299,6 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
     decode_s, decoded = timed(decode_and_resize, data, 224, repeats=10 * repeats)
     tokenizer = PatchTokenizer(3, 14, 224, [6.0, 5.0], MEAN, STD)
     image = normalised(decoded[None].float())
-    default = torch.get_num_threads()
     maps_s = {}
     for count in (default, 1):
         torch.set_num_threads(count)
