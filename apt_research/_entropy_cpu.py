@@ -151,8 +151,8 @@ def _band_bins(images, channels_last, b, y0, rows, bins, shifts, scales, denorma
 @njit(cache=True, inline="always")
 def _entropy_of_touched(hist, touched, n_touched, tables, table_start, store, sparse_bins, sparse_counts, fill):
     """Entropy of the histogram ``hist`` over its ``n_touched`` non-empty bins ``touched[:n_touched]``
-    (summed in float64, in four partial sums over every fourth bin), clearing them; with ``store`` also appends each ``(bin, count)``
-    to the sparse lists from ``fill``. Returns the entropy and the new ``fill``."""
+    (summed in float64, in four partial sums over every fourth bin), clearing them; with ``store`` also
+    appends each ``(bin, count)`` to the sparse lists from ``fill``. Returns the entropy and the new ``fill``."""
     # Four partial sums: one float64 chain would wait on each addition's latency.
     sum0 = sum1 = sum2 = sum3 = 0.0
     t = 0

@@ -240,7 +240,8 @@ def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormal
 def maps_from_flat(out: np.ndarray, batch: int, layout) -> dict[int, torch.Tensor]:
     """``{p_s: (B, h_s, w_s)}`` views of ``entropy_flat_numba``'s flat maps."""
     sizes, grids, ends = layout[0], layout[5], layout[6]
-    return {size: torch.from_numpy(out[ends[s] : ends[s + 1]].reshape(batch, *grids[s])) for s, size in enumerate(sizes)}
+    return {size: torch.from_numpy(out[ends[s] : ends[s + 1]].reshape(batch, *grids[s]))
+            for s, size in enumerate(sizes)}
 
 
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
