@@ -25,16 +25,14 @@ numba's on-disk cache is keyed on the file of each compiled function only: ``tok
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from numba import njit, prange
 
-from ._entropy_cpu import entropy_flat, entropy_flat_serial
+from ._entropy_cpu import _image_shape, entropy_flat, entropy_flat_serial
 from ._numba import serial_twin
 from .contract import CLASS_TOKEN
+from .entropy import flat_layout, numba_pixels, pixel_strides
 _QUARTER = np.float32(0.25)
 
 
@@ -310,17 +308,6 @@ def select_and_group(flat, thresholds, src, strides, height, width, channels, ba
 select_and_group_serial = serial_twin(select_and_group, "select_and_group_serial", group_all=group_all_serial)
 
 
-class Layout(NamedTuple):
-    """The flat per-scale layout of a batch's grids: numpy (read-only int64) for the kernels, ints for Python."""
-
-    rows: np.ndarray  # h_s
-    cols: np.ndarray  # w_s
-    offsets: np.ndarray  # first cell of scale s; cells laid out (B, h_s, w_s)
-    row_offsets: np.ndarray  # first grid row of scale s; rows laid out (B, h_s)
-    grids: tuple  # ((h_s, w_s), ...)
-    cell_ends: list  # offsets and the end, S + 1 ints
-
-
 @njit(cache=True)
 def tokenize(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value,
              shifts, scales, denormalize, cells, thresholds, src, strides, row_offsets):
@@ -330,10 +317,7 @@ def tokenize(images, channels_last, bins, base, num_scales, rows, cols, offsets,
     flat, status = entropy_flat(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables,
                                 table_offsets, pad_value, shifts, scales, denormalize, cells)
     batch = images.shape[0]
-    if channels_last:
-        channels, height, width = images.shape[3], images.shape[1], images.shape[2]
-    else:
-        channels, height, width = images.shape[1], images.shape[2], images.shape[3]
+    channels, height, width = _image_shape(images, channels_last)
     if status != -1:
         batch = 0  # nothing kept: every output empty
     return (status,) + select_and_group(flat[: cells if batch else 0], thresholds, src, strides, height, width,
@@ -344,27 +328,10 @@ tokenize_serial = serial_twin(tokenize, "tokenize_serial", entropy_flat=entropy_
                               select_and_group=select_and_group_serial)
 
 
-@functools.lru_cache(maxsize=64)
-def flat_layout(batch: int, grids: tuple) -> Layout:
-    """The ``Layout`` of ``grids`` ``((h_s, w_s), ...)`` for ``batch`` images."""
-    rows = np.asarray([grid[0] for grid in grids], dtype=np.int64)
-    cols = np.asarray([grid[1] for grid in grids], dtype=np.int64)
-    cells, lines = batch * rows * cols, batch * rows
-    offsets = np.concatenate(([0], np.cumsum(cells)[:-1]))
-    row_offsets = np.concatenate(([0], np.cumsum(lines)[:-1]))
-    for array in (rows, cols, offsets, row_offsets):
-        array.flags.writeable = False  # shared between calls
-    return Layout(rows, cols, offsets, row_offsets, tuple((int(r), int(c)) for r, c in grids),
-                  [0, *np.cumsum(cells).tolist()])
-
-
 def _flat_pixels(images: torch.Tensor):
     """The float32 ``images`` as one flat numpy array read in place where it can be, and its element strides."""
-    batch, channels, height, width = images.shape
-    if not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
-        return images.permute(0, 2, 3, 1).numpy().reshape(-1), (height * width * channels, 1, width * channels,
-                                                                 channels)
-    return images.contiguous().numpy().reshape(-1), (channels * height * width, height * width, width, 1)
+    pixels, channels_last = numba_pixels(images)
+    return pixels.reshape(-1), pixel_strides(pixels, channels_last)
 
 
 def _parallel() -> bool:
@@ -441,19 +408,15 @@ def forward(images: torch.Tensor, flat: np.ndarray, grids: tuple, thresholds: np
 
 
 def forward_entropy(images: torch.Tensor, arguments: tuple, thresholds: np.ndarray, sizes: list[int], base: int,
-                    grids: tuple) -> tuple:
+                    layout) -> tuple:
     """``tokenize``: the forward of the numba entropy scorer from float32 ``images`` in one call.
 
-    ``arguments``: ``tokenize``'s ``bins`` .. ``cells`` less the images and their layout flag (the entropy
-    kernel's, see ``entropy.entropy_flat_numba``). Returns the status (-1: all well, -2: the entropy
+    ``arguments`` and ``layout``: ``entropy.numba_arguments``'s for these images (the entropy kernel's
+    arguments after the images and their layout flag). Returns the status (-1: all well, -2: the entropy
     kernel could not allocate, else the first image with a NaN or an infinite value) and the outputs.
     """
-    batch = images.shape[0]
-    layout = flat_layout(batch, grids)
-    pixels, strides = _flat_pixels(images)
-    channels_last = strides[3] != 1
-    planes = pixels.reshape((batch, images.shape[2], images.shape[3], images.shape[1]) if channels_last
-                            else tuple(images.shape))
-    status, *outputs = (tokenize if _parallel() else tokenize_serial)(planes, channels_last, *arguments, thresholds,
-                                                                      pixels, strides, layout.row_offsets)
+    pixels, channels_last = numba_pixels(images)
+    status, *outputs = (tokenize if _parallel() else tokenize_serial)(
+        pixels, channels_last, *arguments, thresholds, pixels.reshape(-1), pixel_strides(pixels, channels_last),
+        layout.row_offsets)
     return status, (_outputs(images, sizes, base, layout, *outputs) if status == -1 else None)

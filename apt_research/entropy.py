@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -146,19 +147,36 @@ def caused_by(error: BaseException, kind: type) -> bool:
     return False
 
 
+class Layout(NamedTuple):
+    """The flat per-scale layout of a batch's grids: numpy (read-only int64) for the kernels, ints for Python."""
+
+    rows: np.ndarray  # h_s
+    cols: np.ndarray  # w_s
+    offsets: np.ndarray  # first cell of scale s; cells laid out (B, h_s, w_s)
+    row_offsets: np.ndarray  # first grid row of scale s; rows laid out (B, h_s)
+    grids: tuple  # ((h_s, w_s), ...)
+    cell_ends: list  # offsets and the end, S + 1 ints
+
+
 @functools.lru_cache(maxsize=64)
-def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scales: int):
-    """Patch sizes, grid rows and columns, cells and offsets of each scale in the kernel's flat output (numpy,
-    read-only), then the grids ``((h_s, w_s), ...)`` and the offsets with the end (S + 1) as Python ints."""
-    sizes = scale_sizes(patch_size, num_scales)
-    grids = tuple(grid_shape(height, width, size) for size in sizes)
-    rows = np.asarray([g[0] for g in grids], dtype=np.int64)
-    cols = np.asarray([g[1] for g in grids], dtype=np.int64)
-    counts = batch * rows * cols
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    for array in (rows, cols, counts, offsets):
+def flat_layout(batch: int, grids: tuple) -> Layout:
+    """The ``Layout`` of ``grids`` ``((h_s, w_s), ...)`` for ``batch`` images."""
+    rows = np.asarray([grid[0] for grid in grids], dtype=np.int64)
+    cols = np.asarray([grid[1] for grid in grids], dtype=np.int64)
+    cells, lines = batch * rows * cols, batch * rows
+    offsets = np.concatenate(([0], np.cumsum(cells)[:-1]))
+    row_offsets = np.concatenate(([0], np.cumsum(lines)[:-1]))
+    for array in (rows, cols, offsets, row_offsets):
         array.flags.writeable = False  # shared between calls
-    return sizes, rows, cols, counts, offsets, grids, [0, *np.cumsum(counts).tolist()]
+    return Layout(rows, cols, offsets, row_offsets, tuple((int(r), int(c)) for r, c in grids),
+                  [0, *np.cumsum(cells).tolist()])
+
+
+@functools.lru_cache(maxsize=64)
+def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scales: int) -> tuple[list[int], Layout]:
+    """The patch sizes and the ``Layout`` of the numba kernels' flat per-scale arrays for these images."""
+    sizes = scale_sizes(patch_size, num_scales)
+    return sizes, flat_layout(batch, tuple(grid_shape(height, width, size) for size in sizes))
 
 
 def _three_channels(values) -> np.ndarray:
@@ -178,13 +196,13 @@ def numba_denormalize(denormalize) -> tuple[np.ndarray, np.ndarray]:
 
 def numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize=None):
     """The numba entropy kernel's arguments after the images and their layout flag (``bins`` .. ``cells`` of
-    ``_entropy_cpu.entropy_flat``), and the layout (``_numba_layout``). ``denormalize``: tensors or
+    ``_entropy_cpu.entropy_flat``), and ``(sizes, layout)`` (``_numba_layout``). ``denormalize``: tensors or
     ``numba_denormalize``'s arrays."""
-    layout = sizes, rows, cols, _, offsets, _, ends = _numba_layout(batch, height, width, patch_size, num_scales)
+    sizes, layout = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
     shift, scale = (_NO_SHIFT, _NO_SHIFT) if denormalize is None else numba_denormalize(denormalize)
-    return (bins, patch_size, num_scales, rows, cols, offsets, tables, table_offsets, np.float32(pad_value), shift,
-            scale, denormalize is not None, ends[-1]), layout
+    return (bins, patch_size, num_scales, layout.rows, layout.cols, layout.offsets, tables, table_offsets,
+            np.float32(pad_value), shift, scale, denormalize is not None, layout.cell_ends[-1]), (sizes, layout)
 
 
 def raise_for_status(status: int, check_finite: bool, arguments: tuple) -> None:
@@ -203,7 +221,7 @@ def raise_for_status(status: int, check_finite: bool, arguments: tuple) -> None:
 
 
 def numba_pixels(images: torch.Tensor) -> tuple[np.ndarray, bool]:
-    """``images`` as the numba kernel reads them in place: (B, C, H, W), or (B, H, W, C) for a channels-last
+    """``images`` as the numba kernels read them in place: (B, C, H, W), or (B, H, W, C) for a channels-last
     batch (a decoded image's ``permute(2, 0, 1)``: a copy to planes would cost a third of one image's maps)."""
     images = images.detach()
     if images.dtype not in (torch.uint8, torch.float32):
@@ -213,10 +231,17 @@ def numba_pixels(images: torch.Tensor) -> tuple[np.ndarray, bool]:
     return images.contiguous().numpy(), False
 
 
+def pixel_strides(pixels: np.ndarray, channels_last: bool) -> tuple[int, int, int, int]:
+    """Where value (b, c, y, x) of ``numba_pixels``'s array lies in it flattened: ``b * s[0] + c * s[1] +
+    y * s[2] + x * s[3]``, in elements."""
+    step = [stride // pixels.itemsize for stride in pixels.strides]
+    return (step[0], step[3], step[1], step[2]) if channels_last else tuple(step)
+
+
 def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False,
                        arguments=None):
-    """The numba kernel's maps of every scale in one flat float32 numpy array, and their layout
-    (``_numba_layout``): scale s holds ``counts[s]`` cells from ``offsets[s]``, laid out (B, rows[s], cols[s]).
+    """The numba kernel's maps of every scale in one flat float32 numpy array, and ``(sizes, layout)``
+    (``_numba_layout``): scale s from ``layout.offsets[s]``, laid out (B, rows[s], cols[s]).
     ``denormalize``: tensors or ``numba_denormalize``'s arrays; ``arguments``: ``numba_arguments``'s result
     for these images, made beforehand (the other arguments are then not read)."""
     from ._entropy_cpu import entropy_flat, entropy_flat_serial
@@ -237,16 +262,17 @@ def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormal
     return out, arguments[1]
 
 
-def maps_from_flat(out: np.ndarray, batch: int, layout) -> dict[int, torch.Tensor]:
+def maps_from_flat(out: np.ndarray, batch: int, sizes: list[int], layout: Layout) -> dict[int, torch.Tensor]:
     """``{p_s: (B, h_s, w_s)}`` views of ``entropy_flat_numba``'s flat maps."""
-    sizes, grids, ends = layout[0], layout[5], layout[6]
+    grids, ends = layout.grids, layout.cell_ends
     return {size: torch.from_numpy(out[ends[s] : ends[s + 1]].reshape(batch, *grids[s]))
             for s, size in enumerate(sizes)}
 
 
 def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
-    out, layout = entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize, check_finite)
-    return maps_from_flat(out, images.shape[0], layout)
+    out, (sizes, layout) = entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize,
+                                              check_finite)
+    return maps_from_flat(out, images.shape[0], sizes, layout)
 
 
 def triton_available() -> bool:

@@ -292,8 +292,8 @@ class PatchTokenizer(nn.Module):
         kernel_checks = self._entropy_by_numba(images)
         self._check_input(images, values=not kernel_checks)
         if kernel_checks:  # straight to the numba kernel: a data-loader transform calls this once per image
-            flat, layout = self._entropy_flat(images)
-            return maps_from_flat(flat, images.shape[0], layout)
+            flat, (sizes, layout) = self._entropy_flat(images)
+            return maps_from_flat(flat, images.shape[0], sizes, layout)
         return self._importance_maps(images, check_finite=kernel_checks)
 
     def _entropy_by_kernel(self) -> bool:
@@ -403,7 +403,7 @@ class PatchTokenizer(nn.Module):
             arguments = self._numba_arguments(images)
             try:
                 status, out = forward_entropy(images, arguments[0], self._numba_thresholds(), sizes,
-                                              self.base_patch_size, arguments[1][5])
+                                              self.base_patch_size, arguments[1][1])
             except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
                 if not caused_by(error, MemoryError):
                     raise
