@@ -192,6 +192,16 @@ def _entropy_of_touched(hist, touched, n_touched, tables, table_start, store, sp
     return total, fill
 
 
+@njit(cache=True, inline="always")
+def _count(k, amount, hist, touched, n_touched):
+    """Add ``amount`` to bin ``k`` of ``hist``, noting ``k`` in ``touched`` if the bin was empty; returns the
+    new number of noted bins. Branch-free: ``touched[n_touched]`` is written either way."""
+    touched[n_touched] = k
+    n_touched += hist[k] == 0
+    hist[k] += amount
+    return n_touched
+
+
 @njit(cache=True)
 def _scale0(band, size, rows0, cols0, hist, touched, tables, table_start, store, sparse_bins, sparse_counts,
             sparse_start, totals):
@@ -211,27 +221,15 @@ def _scale0(band, size, rows0, cols0, hist, touched, tables, table_start, store,
                 for dy in range(u * size, (u + 1) * size):
                     line = band[dy]
                     for dx in range(j * size, (j + 1) * size):
-                        k0, k1, k2, k3 = line[dx], line[dx + size], line[dx + 2 * size], line[dx + 3 * size]
-                        t0[n0] = k0
-                        n0 += h0[k0] == 0
-                        h0[k0] += 1
-                        t1[n1] = k1
-                        n1 += h1[k1] == 0
-                        h1[k1] += 1
-                        t2[n2] = k2
-                        n2 += h2[k2] == 0
-                        h2[k2] += 1
-                        t3[n3] = k3
-                        n3 += h3[k3] == 0
-                        h3[k3] += 1
+                        n0 = _count(line[dx], 1, h0, t0, n0)
+                        n1 = _count(line[dx + size], 1, h1, t1, n1)
+                        n2 = _count(line[dx + 2 * size], 1, h2, t2, n2)
+                        n3 = _count(line[dx + 3 * size], 1, h3, t3, n3)
             else:
                 for dy in range(u * size, (u + 1) * size):
                     line = band[dy]
                     for dx in range(j * size, (j + 1) * size):
-                        k0 = line[dx]
-                        t0[n0] = k0
-                        n0 += h0[k0] == 0
-                        h0[k0] += 1
+                        n0 = _count(line[dx], 1, h0, t0, n0)
             for lane in range(lanes):
                 n = (n0, n1, n2, n3)[lane]
                 patch = u * cols0 + j + lane
@@ -256,10 +254,7 @@ def _merge(rows_s, cols_s, hist, touched, tables, table_start, store, child_bins
             first = 2 * u * child_cols + 2 * v
             for child in (first, first + 1, first + child_cols, first + child_cols + 1):
                 for e in range(child_start[child], child_start[child + 1]):
-                    k = child_bins[e]
-                    touched[n_touched] = k
-                    n_touched += hist[k] == 0
-                    hist[k] += child_counts[e]
+                    n_touched = _count(child_bins[e], child_counts[e], hist, touched, n_touched)
             patch = u * cols_s + v
             if store:
                 parent_start[patch] = fill
