@@ -32,7 +32,7 @@ from numba import njit, prange
 from ._entropy_cpu import _image_shape, entropy_flat, entropy_flat_serial
 from ._numba import serial_twin
 from .contract import CLASS_TOKEN
-from .entropy import flat_layout, numba_pixels, pixel_strides
+from .entropy import flat_layout, numba_pixels, pixel_strides, run_numba
 _QUARTER = np.float32(0.25)
 
 
@@ -416,7 +416,9 @@ def forward_entropy(images: torch.Tensor, arguments: tuple, thresholds: np.ndarr
     kernel could not allocate, else the first image with a NaN or an infinite value) and the outputs.
     """
     pixels, channels_last = numba_pixels(images)
-    status, *outputs = (tokenize if _parallel() else tokenize_serial)(
-        pixels, channels_last, *arguments, thresholds, pixels.reshape(-1), pixel_strides(pixels, channels_last),
-        layout.row_offsets)
+    result = run_numba(tokenize if _parallel() else tokenize_serial, pixels, channels_last, *arguments, thresholds,
+                       pixels.reshape(-1), pixel_strides(pixels, channels_last), layout.row_offsets)
+    if result is None:
+        return -2, None
+    status, *outputs = result
     return status, (_outputs(images, sizes, base, layout, *outputs) if status == -1 else None)

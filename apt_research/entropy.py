@@ -138,7 +138,7 @@ def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)
 
 
-def caused_by(error: BaseException, kind: type) -> bool:
+def _caused_by(error: BaseException, kind: type) -> bool:
     """Whether ``error`` or an exception in its chain of causes is a ``kind``."""
     while error is not None:
         if isinstance(error, kind):
@@ -205,6 +205,17 @@ def numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_valu
             np.float32(pad_value), shift, scale, denormalize is not None, layout.cell_ends[-1]), (sizes, layout)
 
 
+def run_numba(kernel, *args):
+    """``kernel(*args)``, or None where numba reported a failed allocation in a parallel task (a ``SystemError``
+    caused by a ``MemoryError``; the status -2 of ``raise_for_status``)."""
+    try:
+        return kernel(*args)
+    except SystemError as error:
+        if not _caused_by(error, MemoryError):
+            raise
+        return None
+
+
 def raise_for_status(status: int, check_finite: bool, arguments: tuple) -> None:
     """Raise what the numba entropy kernel's ``status`` reports (``_entropy_cpu.entropy_flat``)."""
     if status == -2:
@@ -250,14 +261,10 @@ def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormal
     if arguments is None:
         arguments = numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize)
     pixels, channels_last = numba_pixels(images)
-    try:
-        # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
-        out, status = (entropy_flat if torch.get_num_threads() > 1 else entropy_flat_serial)(pixels, channels_last,
-                                                                                          *arguments[0])
-    except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
-        if not caused_by(error, MemoryError):
-            raise
-        status = -2
+    # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
+    result = run_numba(entropy_flat if torch.get_num_threads() > 1 else entropy_flat_serial, pixels, channels_last,
+                       *arguments[0])
+    out, status = (None, -2) if result is None else result
     raise_for_status(status, check_finite, arguments[0])
     return out, arguments[1]
 

@@ -21,7 +21,6 @@ from ._validation import (
 )
 from .contract import CLASS_TOKEN, DEFAULT_PAD_VALUE
 from .entropy import (
-    caused_by,
     denormalize_pixels,
     entropy_flat_numba,
     grid_shape,
@@ -401,13 +400,8 @@ class PatchTokenizer(nn.Module):
         sizes = self.patch_sizes
         if importance_maps is None:
             arguments = self._numba_arguments(images)
-            try:
-                status, out = forward_entropy(images, arguments[0], self._numba_thresholds(), sizes,
-                                              self.base_patch_size, arguments[1][1])
-            except SystemError as error:  # how numba sometimes reports a failed allocation in a parallel task
-                if not caused_by(error, MemoryError):
-                    raise
-                status = -2
+            status, out = forward_entropy(images, arguments[0], self._numba_thresholds(), sizes, self.base_patch_size,
+                                          arguments[1][1])
             raise_for_status(status, True, arguments[0])
             return out
         grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
