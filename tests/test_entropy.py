@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import apt_research
@@ -148,6 +148,10 @@ def test_most_bins_allowed(backend):
 @given(height=st.integers(1, 140), width=st.integers(1, 140), patch_size=st.integers(2, 16),
        num_scales=st.integers(1, 4), bins=st.sampled_from([2, 7, 64, 512, contract.MAX_BINS]),
        flat=st.floats(0.0, 1.0), channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
+# Widths that the coarsest patch divides (each band binned as one run, not a row at a time), one with a
+# short last band, one with the most bins (the largest uint16 bin index).
+@example(height=61, width=112, patch_size=14, num_scales=3, bins=512, flat=0.3, channels=3, seed=0)
+@example(height=40, width=64, patch_size=8, num_scales=2, bins=contract.MAX_BINS, flat=0.0, channels=1, seed=1)
 def test_numba_kernel_equals_reference_on_any_grid(height, width, patch_size, num_scales, bins, flat, channels, seed):
     # The numba kernel counts only scale-0 patches and sums four children's sparse histograms above it,
     # four neighbouring patches at a time (the last ones of a band alone): every width's remainder,
