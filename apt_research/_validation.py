@@ -41,8 +41,11 @@ def check_choice(name: str, value, choices: Sequence) -> object:
     return value
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_pad_value(value, name: str = "pad_value") -> float:
-    """Return ``value`` as a float: a real number that is not NaN (``inf`` is allowed), else raise.
+    """Return ``value`` as a float: a real number that is not NaN and fits in float32 (``inf`` is allowed), else raise.
 
     NaN would compare false with every threshold and mark bad input on the CUDA path, so it is refused.
     """
@@ -51,6 +54,10 @@ def check_pad_value(value, name: str = "pad_value") -> float:
                         f"got {value!r} ({type(value).__name__})")
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN; expected a number at least as large as every threshold")
+    if math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        # Maps are float32: such a value would become inf on one backend and an overflow error on another.
+        raise ValueError(f"{name} must fit in float32 (at most {_FLOAT32_MAX:.6g} in magnitude, or +-inf), "
+                         f"got {value!r}")
     return float(value)
 
 

@@ -326,7 +326,7 @@ def compute_patch_entropy_batched(
         Equal-width histogram bins over [0, 255], 2 to 4096.
     pad_value : float
         Value of the last row (column) of a scale whose grid sticks out of the
-        image; not NaN. No padded patch is ever kept as a large patch as long as
+        image; not NaN, and within float32's range (or +-inf). No padded patch is ever kept as a large patch as long as
         every threshold is at most ``pad_value`` (the default 1e6 is above any
         entropy).
     backend : {"auto", "numba", "triton", "torch"}

@@ -104,6 +104,8 @@ def test_bad_scale_arguments(kwargs, error, words):
     (None, TypeError, ["pad_value", "real number", "None"]),
     ("1e6", TypeError, ["pad_value", "real number", "'1e6'"]),
     (math.nan, ValueError, ["pad_value", "NaN"]),
+    (1e300, ValueError, ["pad_value", "float32", "1e+300"]),  # inf on one backend, an overflow error on another
+    (-1e39, ValueError, ["pad_value", "float32", "-1e+39"]),
 ])
 def test_bad_pad_value_at_every_entry_point(entry, value, error, words):
     _raises(lambda: ENTROPY_ENTRY_POINTS[entry](pad_value=value), error, words)
