@@ -59,7 +59,8 @@ def _gray(r, g, b, shift, scale, denormalize):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _bin(gray, bins_f, last_f):
-    """``min(floor(gray * bins / 255), bins - 1)`` in float32; bin 0 for NaN (reported by the caller, never used).
+    """``min(floor(gray * bins / 255), bins - 1)`` in float32, as a uint16 (bins <= 4096); bin 0 for NaN
+    (reported by the caller, never used).
 
     Clamped in float before the conversion (the same for every value >= 0), so NaN and infinity never reach
     it: selects that vectorise, where an integer ``min`` after a float test does not.
