@@ -32,7 +32,8 @@ from numba import njit, prange
 from ._entropy_cpu import _image_shape, entropy_flat, entropy_flat_serial
 from ._numba import serial_twin
 from .contract import CLASS_TOKEN
-from .entropy import flat_layout, numba_pixels, pixel_strides, run_numba
+from .entropy import flat_layout, numba_kernel, numba_pixels, pixel_strides, run_numba
+
 _QUARTER = np.float32(0.25)
 
 
@@ -334,11 +335,6 @@ def _flat_pixels(images: torch.Tensor):
     return pixels.reshape(-1), pixel_strides(pixels, channels_last)
 
 
-def _parallel() -> bool:
-    """Whether to run the parallel kernels: not in one-thread processes (data-loader workers, see ``serial_twin``)."""
-    return torch.get_num_threads() > 1
-
-
 def _groups(batch: int, channels: int, base: int, sizes: list[int], layout, keep, small, large, boxes, slots, blocks):
     """``patch_groups``'s dict: per-scale views of ``group_all``'s flat outputs (one storage per kind; numpy
     views wrapped once each, cheaper than slicing tensors)."""
@@ -372,7 +368,7 @@ def group_patches(images: torch.Tensor, keep: list[torch.Tensor], sizes: list[in
     flat = np.concatenate([array.reshape(-1) for array in arrays])
     pixels, strides = _flat_pixels(images)
     no_packing = np.empty((len(sizes), 0), dtype=np.int64)
-    small, large, boxes, slots, blocks, _, _ = (group_all if _parallel() else group_all_serial)(
+    small, large, boxes, slots, blocks, _, _ = numba_kernel(group_all, group_all_serial)(
         pixels, strides, height, width, channels, batch, base, flat, layout.offsets, layout.rows, layout.cols,
         layout.row_offsets, row_starts, counts, np.empty(0, dtype=np.int64), no_packing, False)
     return _groups(batch, channels, base, sizes, layout, flat, small, large, boxes, slots, blocks)
@@ -401,7 +397,7 @@ def forward(images: torch.Tensor, flat: np.ndarray, grids: tuple, thresholds: np
     batch, channels, height, width = images.shape
     layout = flat_layout(batch, grids)
     pixels, strides = _flat_pixels(images)
-    outputs = (select_and_group if _parallel() else select_and_group_serial)(
+    outputs = numba_kernel(select_and_group, select_and_group_serial)(
         flat, thresholds, pixels, strides, height, width, channels, batch, base, layout.offsets, layout.rows,
         layout.cols, layout.row_offsets)
     return _outputs(images, sizes, base, layout, *outputs)
@@ -416,7 +412,7 @@ def forward_entropy(images: torch.Tensor, arguments: tuple, thresholds: np.ndarr
     kernel could not allocate, else the first image with a NaN or an infinite value) and the outputs.
     """
     pixels, channels_last = numba_pixels(images)
-    result = run_numba(tokenize if _parallel() else tokenize_serial, pixels, channels_last, *arguments, thresholds,
+    result = run_numba(numba_kernel(tokenize, tokenize_serial), pixels, channels_last, *arguments, thresholds,
                        pixels.reshape(-1), pixel_strides(pixels, channels_last), layout.row_offsets)
     if result is None:
         return -2, None

@@ -90,7 +90,7 @@ def patch_histograms(images: torch.Tensor, patch_size: int, bins: int, *, backen
         batch, _, height, width = pixels.shape
         rows, cols = grid_shape(height, width, patch_size)
         out = np.zeros((batch, rows, cols, bins), dtype=np.int32)
-        kernel = histograms_kernel if torch.get_num_threads() > 1 else histograms_kernel_serial
+        kernel = numba_kernel(histograms_kernel, histograms_kernel_serial)
         return torch.from_numpy(kernel(pixels.contiguous().numpy(), bins, patch_size, rows, cols, out))
     gray = grayscale(images)
     batch, height, width = gray.shape
@@ -205,6 +205,12 @@ def numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_valu
             np.float32(pad_value), shift, scale, denormalize is not None, layout.cell_ends[-1]), (sizes, layout)
 
 
+def numba_kernel(parallel, serial):
+    """``parallel`` (a numba kernel), or ``serial``, its serial twin, in a one-thread process: data-loader workers
+    run with one torch thread, and the serial kernel also survives a fork (see ``_numba.serial_twin``)."""
+    return parallel if torch.get_num_threads() > 1 else serial
+
+
 def run_numba(kernel, *args):
     """``kernel(*args)``, or None where numba reported a failed allocation in a parallel task (a ``SystemError``
     caused by a ``MemoryError``; the status -2 of ``raise_for_status``)."""
@@ -261,9 +267,7 @@ def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormal
     if arguments is None:
         arguments = numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize)
     pixels, channels_last = numba_pixels(images)
-    # One torch thread (data-loader workers run so): the serial kernel, which is also safe after a fork.
-    result = run_numba(entropy_flat if torch.get_num_threads() > 1 else entropy_flat_serial, pixels, channels_last,
-                       *arguments[0])
+    result = run_numba(numba_kernel(entropy_flat, entropy_flat_serial), pixels, channels_last, *arguments[0])
     out, status = (None, -2) if result is None else result
     raise_for_status(status, check_finite, arguments[0])
     return out, arguments[1]
@@ -326,9 +330,9 @@ def compute_patch_entropy_batched(
         Equal-width histogram bins over [0, 255], 2 to 4096.
     pad_value : float
         Value of the last row (column) of a scale whose grid sticks out of the
-        image; not NaN, and within float32's range (or +-inf). No padded patch is ever kept as a large patch as long as
-        every threshold is at most ``pad_value`` (the default 1e6 is above any
-        entropy).
+        image; not NaN, and within float32's range (or +-inf). No padded patch
+        is ever kept as a large patch as long as every threshold is at most
+        ``pad_value`` (the default 1e6 is above any entropy).
     backend : {"auto", "numba", "triton", "torch"}
         ``"numba"``: the fused CPU kernel (CPU tensors only). ``"triton"``: the
         fused CUDA kernel (CUDA tensors). ``"torch"``: plain torch ops (one

@@ -397,16 +397,16 @@ class PatchTokenizer(nn.Module):
         time, as a data-loader transform calls it, costs little more than its share of a batch)."""
         from ._grouping_cpu import forward, forward_entropy
 
-        sizes = self.patch_sizes
+        sizes, thresholds = self.patch_sizes, self._thresholds_on(images.device).numpy()
         if importance_maps is None:
             arguments = self._numba_arguments(images)
-            status, out = forward_entropy(images, arguments[0], self._numba_thresholds(), sizes, self.base_patch_size,
+            status, out = forward_entropy(images, arguments[0], thresholds, sizes, self.base_patch_size,
                                           arguments[1][1])
             raise_for_status(status, True, arguments[0])
             return out
         grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
         flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
-        return forward(images, flat, grids, self._numba_thresholds(), sizes, self.base_patch_size)
+        return forward(images, flat, grids, thresholds, sizes, self.base_patch_size)
 
     def _numba_arguments(self, images):
         """``numba_arguments`` for ``images``, made once per key: everything they are made of (the images'
@@ -424,14 +424,6 @@ class PatchTokenizer(nn.Module):
             arguments = cache[key] = numba_arguments(batch, height, width, *key[3:6], self.pad_value,
                                                      (buffers["unnorm_mean"], buffers["unnorm_std"]))
         return arguments
-
-    def _numba_thresholds(self) -> np.ndarray:
-        """float32 ``(S,)`` numpy for the numba selection: entry s is scale s's threshold (entry 0 unused)."""
-        key = tuple(self.thresholds)
-        cached = self.__dict__.get("_numba_threshold_cache")
-        if cached is None or cached[0] != key:
-            cached = self._numba_threshold_cache = (key, np.asarray([0.0, *key], dtype=np.float32))
-        return cached[1]
 
     def _entropy_flat(self, images):
         """The numba entropy kernel's flat maps and layout (``entropy_flat_numba``), values checked by the kernel."""
