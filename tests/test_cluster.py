@@ -325,19 +325,25 @@ def test_worker_killed_mid_sweep(cluster, sharded_spec, local_summary, tmp_path)
     assert_same_summary(summary_of(out), local_summary)
 
 
-def test_a_sharded_configuration_lists_its_folder_once_per_run_not_per_shard(tmp_path, monkeypatch):
-    """Shards of a folder data set reuse one listing (walking the folder per shard is quadratic in its size);
-    each task of a Dask sweep gets its shard's items from the client."""
+def _photos(tmp_path, count: int):
+    """A folder of ``count`` 40 x 40 noise PNGs named 0.png, 1.png, ..."""
     import numpy as np
     from PIL import Image
 
-    from apt_research import datasets
-
     folder = tmp_path / "photos"
     folder.mkdir()
-    for seed in range(5):
+    for seed in range(count):
         Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
             folder / f"{seed}.png")
+    return folder
+
+
+def test_a_sharded_configuration_lists_its_folder_once_per_run_not_per_shard(tmp_path, monkeypatch):
+    """Shards of a folder data set reuse one listing (walking the folder per shard is quadratic in its size);
+    each task of a Dask sweep gets its shard's items from the client."""
+    from apt_research import datasets
+
+    folder = _photos(tmp_path, 5)
     listings = []
     walk = datasets.folder_dataset
     monkeypatch.setattr(datasets, "folder_dataset", lambda *a, **k: listings.append(a) or walk(*a, **k))
@@ -351,3 +357,19 @@ def test_a_sharded_configuration_lists_its_folder_once_per_run_not_per_shard(tmp
     listings.clear()
     table, _ = shard_task(params, (3, 4), "s", "r", None, shard_images(source, (3, 4)))
     assert listings == [] and list(table["image"]) == ["3"]
+
+
+@pytest.mark.parametrize("shard_size", [None, 2])
+def test_validation_and_the_run_share_one_listing_of_a_folder(tmp_path, monkeypatch, shard_size):
+    """A folder named through ``dataset_options`` is walked once per run: validation builds the data set and
+    the run reuses that listing (it was walked three times unsharded: validation twice, then the maps)."""
+    from apt_research import datasets
+
+    folder = _photos(tmp_path, 3)
+    listings = []
+    walk = datasets.folder_dataset
+    monkeypatch.setitem(datasets.DATASETS, "folder", lambda root: listings.append(root) or walk(root))
+    params = {"dataset": "folder", "dataset_options": {"root": str(folder)}, "image_size": 32, "num_scales": 2,
+              "thresholds": [[5.0]], "shard_size": shard_size}
+    records = run_configuration(params, tmp_path / "run", tmp_path / "cache")
+    assert len(records) == 3 and len(listings) == 1

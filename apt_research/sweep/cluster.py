@@ -158,10 +158,10 @@ class DaskExecutor:
             return execute_run(task.run_id, task.params, target.sweep_dir, target.sweep_name, target.cache_dir)
 
         Path(target.cache_dir).mkdir(parents=True, exist_ok=True)  # workers that share this disk cache maps there
-        shards_left, owners, ready = {}, {}, []
+        shards_left, owners, ready, built = {}, {}, [], {}
         for task in tasks:
             run_dir = run_directory(target.sweep_dir, task.run_id)
-            source = list_images(task.params)  # listed once here; each task gets its shard's items
+            source = list_images(task.params, built)  # each data set listed once; tasks get their shards' items
             missing = [shard for shard in plan(task.params, len(source)) if not shard_path(run_dir, shard).exists()]
             shards_left[task.run_id] = len(missing)
             if not missing:

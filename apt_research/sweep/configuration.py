@@ -46,7 +46,7 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
     (pandas.DataFrame, list of dict)
         One row per image per threshold setting, and the images that could not be read.
     """
-    listed = {dataset_key(params)} if source is not None else None
+    listed = {dataset_key(params): source} if source is not None else None
     params = validate_params(params, f"run {run or '(notebook)'}", checked=listed)
     start = time.perf_counter()
     pixels, maps, metas, skipped, hit, key = maps_for(params, cache_dir, shard=shard, source=source)

@@ -8,15 +8,23 @@ from pathlib import Path
 from ..datasets import ImageSource, iter_batches, iter_images, load_dataset
 from ..scorers import compute_importance_maps
 from .cache import cache_key, load_entry, save_entry, source_fingerprint
-from .parameters import run_scorer_options
+from .parameters import dataset_key, run_scorer_options
 
 
-def list_images(params: dict) -> ImageSource:
-    """A validated configuration's images, listed once (a folder is walked here): its data set cut to ``limit``."""
-    source = load_dataset(params["dataset"], **params["dataset_options"])
-    if params["limit"]:
-        source.items = source.items[: params["limit"]]
-    return source
+def list_images(params: dict, built: dict | None = None) -> ImageSource:
+    """A validated configuration's images, listed once (a folder is walked here): its data set cut to ``limit``.
+
+    ``built``: data sets already listed, by ``parameters.dataset_key`` (``validate_params``'s ``checked``);
+    read, and filled where this one is not in it, so that one caller walks each folder once.
+    """
+    key = dataset_key(params)
+    source = built.get(key) if built is not None else None
+    if source is None:
+        source = load_dataset(params["dataset"], **params["dataset_options"])
+        if built is not None:
+            built[key] = source
+    items = source.items[: params["limit"]] if params["limit"] else source.items
+    return dataclasses.replace(source, items=list(items), skipped=list(source.skipped))
 
 
 def shard_images(source: ImageSource, shard: tuple[int, int] | None) -> ImageSource:

@@ -192,16 +192,16 @@ class Parameters(BaseModel):
         if checked is not None and key in checked:
             return
         try:
-            load_dataset(self.dataset, **self.dataset_options)
+            source = load_dataset(self.dataset, **self.dataset_options)
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"key 'dataset_options' {self.dataset_options!r} fails for data set "
                              f"{self.dataset!r}: {error}") from None
         if checked is not None:
-            checked.add(key)
+            checked[key] = source
 
 
 def dataset_key(params: dict) -> str:
-    """What names a configuration's data set among those ``validate_params`` has built (its ``checked`` set)."""
+    """What names a configuration's data set among those ``validate_params`` has built (its ``checked`` dict)."""
     return json.dumps([params["dataset"], params.get("dataset_options") or {}], sort_keys=True, default=str)
 
 
@@ -322,7 +322,7 @@ def _message(error: dict) -> str:
     return f"key '{key}' expects {expected}, got {error['input']!r} ({error['msg'][0].lower()}{error['msg'][1:]})"
 
 
-def validate_params(params: dict, where: str, base=None, checked: set | None = None) -> dict:
+def validate_params(params: dict, where: str, base=None, checked: dict | None = None) -> dict:
     """Check one configuration; returns it with defaults filled and thresholds normalised.
 
     Parameters
@@ -333,8 +333,9 @@ def validate_params(params: dict, where: str, base=None, checked: set | None = N
         Prefix of the error message (the spec file and the run).
     base : path, optional
         What relative folder paths resolve against (the working directory when ``None``).
-    checked : set, optional
-        Data sets already built by this caller (filled here): each is built once per spec, not once per run.
+    checked : dict, optional
+        Data sets already built by this caller, ``dataset_key`` -> the ``ImageSource`` (filled here): each is
+        built once per spec, not once per run, and ``maps.list_images`` can reuse the listing.
 
     Returns
     -------

@@ -104,12 +104,13 @@ def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = ""
     from .configuration import configuration_records
     from .parameters import validate_params
 
-    params = validate_params(params, f"run {run or '(notebook)'}")
+    built = {}
+    params = validate_params(params, f"run {run or '(notebook)'}", checked=built)
+    source = list_images(params, built)  # the listing validation made: the folder is walked once
     run_dir = Path(run_dir)
     if params["shard_size"] is None and not (run_dir / SHARDS).is_dir():
-        return configuration_records(params, cache_dir, sweep, run)
+        return configuration_records(params, cache_dir, sweep, run, source=source)
     parts = []
-    source = list_images(params)  # listed once for all the shards
     for shard in plan(params, len(source)):
         kept = load_shard(run_dir, shard)
         if kept is None:

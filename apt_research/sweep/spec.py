@@ -125,7 +125,7 @@ def load_spec(source, name: str | None = None, max_runs: int | None = None) -> S
     zip_points = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
     grid_points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     base = path.resolve().parent if path else None
-    runs, seen, checked = [], set(), set()
+    runs, seen, checked = [], set(), {}
     for grid_point in grid_points:
         for zip_point in zip_points:
             label = ", ".join(f"{k}={v!r}" for k, v in {**grid_point, **zip_point}.items()) or "fixed"
