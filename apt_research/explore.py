@@ -25,7 +25,7 @@ from . import figures
 from .analysis import fidelity, reconstruct, token_record
 from .contract import DEFAULT_PAD_VALUE
 from .datasets import SKIMAGE_NAMES, SYNTHETIC_KINDS, read_image_file, resize_image, skimage_dataset, synthetic_image
-from .scorers import SCORERS, compute_importance_maps, scorer_options
+from .scorers import SCORERS, compute_importance_maps, takes_bins
 from .selection import base_grid_tokens, select_patches_by_threshold, token_counts
 from .visualize import VisualizeConfig
 
@@ -310,7 +310,7 @@ def explore_widget(explorer: Explorer | None = None):
                                continuous_update=False)
     bins = widgets.Dropdown(options=BIN_CHOICES if config.bins in BIN_CHOICES else sorted({*BIN_CHOICES, config.bins}),
                             value=config.bins, description="bins", style=style,
-                            disabled="bins" not in scorer_options(config.method))
+                            disabled=not takes_bins(config.method))
     thresholds = widgets.VBox()
     heatmaps, grid = widgets.Image(format="png"), widgets.Image(format="png")
     caption, message = widgets.HTML(), widgets.HTML()
@@ -351,7 +351,7 @@ def explore_widget(explorer: Explorer | None = None):
             report(error)
             return
         report(None)
-        bins.disabled = "bins" not in scorer_options(scorer.value)
+        bins.disabled = not takes_bins(scorer.value)
         draw_all()
 
     for control in (image, scorer, scales, bins):

@@ -138,11 +138,18 @@ def scorer_options(method: str) -> dict[str, object]:
     return dict(get_scorer(method).options)
 
 
-def options_with_bins(method: str, options: dict, bins: int) -> dict:
-    """``options`` with ``bins`` added when scorer ``method`` takes a ``bins`` option, else unchanged.
+def takes_bins(method: str) -> bool:
+    """Whether scorer ``method`` takes a ``bins`` option (``entropy``, or a registered one whose signature has it).
 
     The one rule of the command line, the explorer and the sweeps: ``bins`` is a setting of its own
-    there, passed on only to a scorer whose signature has it (``entropy``, or a registered one).
+    there, passed on only to such a scorer (``options_with_bins``), and only then part of a map's identity.
+    """
+    return "bins" in get_scorer(method).options
+
+
+def options_with_bins(method: str, options: dict, bins: int) -> dict:
+    """``options`` with ``bins`` added when scorer ``method`` takes a ``bins`` option (``takes_bins``), else
+    unchanged.
 
     Parameters
     ----------
@@ -159,7 +166,7 @@ def options_with_bins(method: str, options: dict, bins: int) -> dict:
         A new dict of the keyword options to give the scorer.
     """
     merged = dict(options)
-    if "bins" in scorer_options(method):
+    if takes_bins(method):
         merged["bins"] = bins
     return merged
 

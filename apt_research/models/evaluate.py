@@ -122,11 +122,20 @@ def labelled_images(model, dataset: str = "synthetic", dataset_options: dict | N
     for image, meta in iter_images(source, resize="resize", image_size=(height, width), limit=limit,
                                    progress=False):
         pixels.append(image)
-        labels.append(list(class_names).index(meta["label"]) if class_names and meta["label"] in class_names
-                      else UNKNOWN_LABEL)
+        labels.append(meta["label"])
     if not pixels:
         raise ValueError(f"dataset {dataset!r} with options {dataset_options} yielded no image")
-    return normalise(torch.stack(pixels), model), torch.tensor(labels) if class_names else None
+    return normalise(torch.stack(pixels), model), label_indices(labels, class_names)
+
+
+def label_indices(labels: list, class_names) -> torch.Tensor | None:
+    """Each label's index among ``class_names`` (int64), ``UNKNOWN_LABEL`` where it is not among them (that
+    image alone then has no correctness); ``None`` without ``class_names``."""
+    if not class_names:
+        return None
+    names = list(class_names)
+    return torch.tensor([names.index(label) if label in names else UNKNOWN_LABEL for label in labels],
+                        dtype=torch.int64)
 
 
 def threshold_records(model, images: torch.Tensor, labels, num_scales: int, settings, method: str = "entropy",

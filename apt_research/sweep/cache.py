@@ -23,7 +23,7 @@ import torch
 
 from .._io import atomic_path
 from ..datasets import ImageSource
-from ..scorers import scorer_options
+from ..scorers import takes_bins
 from .parameters import MAP_KEYS
 
 
@@ -42,7 +42,7 @@ def source_fingerprint(source: ImageSource) -> str | None:
 def cache_key(params: dict, shard: tuple[int, int] | None = None, fingerprint: str | None = None) -> str:
     """Hash of what the maps depend on: ``MAP_KEYS`` (bins only for a scorer that takes it), the shard of images
     and the data set's file fingerprint (``source_fingerprint``) when given."""
-    fields = {key: params[key] for key in MAP_KEYS if key != "bins" or "bins" in scorer_options(params["method"])}
+    fields = {key: params[key] for key in MAP_KEYS if key != "bins" or takes_bins(params["method"])}
     if shard is not None:
         fields["shard"] = list(shard)
     if fingerprint is not None:

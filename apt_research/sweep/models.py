@@ -137,7 +137,8 @@ class ModelEvaluator:
     """
 
     def __init__(self, params: dict, pixels, maps, metas, cache_dir=None):
-        from ..models import UNKNOWN_LABEL, from_timm, uniform_logits
+        from ..models import from_timm, uniform_logits
+        from ..models.evaluate import label_indices
         from ..models.synthetic import normalise
 
         model, classes = load_model(params, cache_dir)
@@ -155,10 +156,8 @@ class ModelEvaluator:
         self.images = normalise(torch.stack(pixels).to(device), model)
         self.maps = {size: torch.stack([m[size] for m in maps]).to(device) for size in maps[0]}
         self.uniform = uniform_logits(self.apt.model, self.images, self.batch_size)  # once: no thresholds in it
-        labels = [m.get("label") for m in metas]
         # Per image: an image whose label is not among the model's classes leaves only its own correctness empty.
-        self.labels = (torch.tensor([classes.index(label) if label in classes else UNKNOWN_LABEL for label in labels])
-                       if classes else None)
+        self.labels = label_indices([m.get("label") for m in metas], classes)
 
     def records(self, thresholds: list[float]) -> list[dict]:
         """Each image's ``prediction_records`` columns with APT tokens at ``thresholds`` (the run's maps)."""
