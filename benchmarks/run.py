@@ -13,6 +13,7 @@ the same inputs; absolute times only describe the machine they came from.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -161,11 +162,8 @@ def tokenizer_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=10, 
     records = []
     default = torch.get_num_threads()
     for (base, size, thresholds), count in ((row, count or default) for row in rows for count in threads):
-        torch.set_num_threads(count)
-        try:
+        with torch_threads(count):
             record = _tokenizer_row(base, size, thresholds, batch, repeats)
-        finally:
-            torch.set_num_threads(default)
         record["threads"] = count
         records.append(record)
         lines.append(
@@ -229,6 +227,17 @@ def decode_and_resize(data: bytes, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(resized)).permute(2, 0, 1)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` torch threads, then restore the process's count."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default)
+
+
 def alternately(calls: dict, repeats: int) -> dict:
     """Best wall time of each call over ``repeats`` rounds that run every call once, in turn, after one warm-up
     round: the calls share the machine's state (caches, load) instead of each repeating itself back to back."""
@@ -273,16 +282,13 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
         def each(function):
             return lambda: [function(image) for image in singles]
 
-        torch.set_num_threads(count)
-        try:
+        with torch_threads(count):
             best = alternately({
                 "maps_batch": lambda: tokenizer.compute_importance_maps(images),
                 "maps_one": each(tokenizer.compute_importance_maps),
                 "fwd_batch": lambda: tokenizer(images),
                 "fwd_one": each(tokenizer),
             }, repeats=repeats)
-        finally:
-            torch.set_num_threads(default)
         maps_batch, maps_one, fwd_batch, fwd_one = (best[key] for key in ("maps_batch", "maps_one", "fwd_batch",
                                                                           "fwd_one"))
         record = dict(base=base, size=size, threads=count, maps_batch_ms=1000 * maps_batch / batch,
@@ -301,12 +307,9 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
     image = normalised(decoded[None].float())
     maps_s = {}
     for count in (default, 1):
-        torch.set_num_threads(count)
-        try:
+        with torch_threads(count):
             maps_s[count] = (timed(tokenizer.compute_importance_maps, image, repeats=10 * repeats)[0],
                              timed(compute_patch_entropy_batched, decoded[None], 14, 3, 512, repeats=10 * repeats)[0])
-        finally:
-            torch.set_num_threads(default)
     results["one_image"] = dict(rows=records, decode_resize_ms=1000 * decode_s, jpeg_bytes=len(data),
                                 maps_normalised_ms=1000 * maps_s[default][0], maps_uint8_ms=1000 * maps_s[default][1],
                                 maps_normalised_one_thread_ms=1000 * maps_s[1][0],
