@@ -393,12 +393,27 @@ _UNFINISHED = 2  # a task's ``bad_bands`` entry until it is done
 
 
 @njit(cache=True)
+def three_float32(values):
+    """One or three per-channel numbers (an array of any shape and float dtype) as float32 ``(3,)``, one value
+    repeated: what ``entropy._three_channels`` makes in Python, made here so that a caller can pass the
+    normalisation's own arrays (a tokenizer's buffers, read in place) and every call reads their values."""
+    flat = np.ascontiguousarray(values).reshape(values.size)
+    if flat.size != 1 and flat.size != 3:
+        raise ValueError("the normalisation must hold 1 or 3 values (one per channel)")
+    out = np.empty(3, dtype=np.float32)
+    for c in range(3):
+        out[c] = np.float32(flat[c if flat.size == 3 else 0])
+    return out
+
+
+@njit(cache=True)
 def entropy_flat(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets,
                  pad_value, shifts, scales, denormalize, cells):
     """Allocate the flat maps (``cells`` float32) and fill them with ``entropy_maps_kernel`` (``entropy_flat_serial``:
     its serial twin): one call from Python. Returns the maps and a status: -1 when all is well, -2 when a task
     could not allocate its scratch (numba does not raise that from a parallel region), else the first image
-    that holds a NaN or an infinite value."""
+    that holds a NaN or an infinite value. ``shifts`` / ``scales``: see ``three_float32``."""
+    shifts, scales = three_float32(shifts), three_float32(scales)
     per_image = rows[num_scales - 1]
     tasks = images.shape[0] * per_image
     out = np.empty(cells, dtype=np.float32)

@@ -374,10 +374,9 @@ def group_patches(images: torch.Tensor, keep: list[torch.Tensor], sizes: list[in
     return _groups(batch, channels, base, sizes, layout, flat, small, large, boxes, slots, blocks)
 
 
-def _outputs(images, sizes, base, layout, masks, keep, counts, cu_seqlens, small, large, boxes, slots, blocks,
-             token_boxes, labels) -> dict:
+def outputs(batch, channels, sizes, base, layout, masks, keep, counts, cu_seqlens, small, large, boxes, slots,
+            blocks, token_boxes, labels) -> dict:
     """The forward's dict from ``select_and_group``'s outputs (views, no copies)."""
-    batch, channels = images.shape[:2]
     out = _groups(batch, channels, base, sizes, layout, keep, small, large, boxes, slots, blocks)
     grids, cell_ends = layout.grids, layout.cell_ends
     out["masks"] = {size: torch.from_numpy(masks[cell_ends[s] : cell_ends[s + 1]].reshape(batch, *grids[s]))
@@ -397,24 +396,7 @@ def forward(images: torch.Tensor, flat: np.ndarray, grids: tuple, thresholds: np
     batch, channels, height, width = images.shape
     layout = flat_layout(batch, grids)
     pixels, strides = _flat_pixels(images)
-    outputs = numba_kernel(select_and_group, select_and_group_serial)(
+    results = numba_kernel(select_and_group, select_and_group_serial)(
         flat, thresholds, pixels, strides, height, width, channels, batch, base, layout.offsets, layout.rows,
         layout.cols, layout.row_offsets)
-    return _outputs(images, sizes, base, layout, *outputs)
-
-
-def forward_entropy(images: torch.Tensor, arguments: tuple, thresholds: np.ndarray, sizes: list[int], base: int,
-                    layout) -> tuple:
-    """``tokenize``: the forward of the numba entropy scorer from float32 ``images`` in one call.
-
-    ``arguments`` and ``layout``: ``entropy.numba_arguments``'s for these images (the entropy kernel's
-    arguments after the images and their layout flag). Returns the status (-1: all well, -2: the entropy
-    kernel could not allocate, else the first image with a NaN or an infinite value) and the outputs.
-    """
-    pixels, channels_last = numba_pixels(images)
-    result = run_numba(numba_kernel(tokenize, tokenize_serial), pixels, channels_last, *arguments, thresholds,
-                       pixels.reshape(-1), pixel_strides(pixels, channels_last), layout.row_offsets)
-    if result is None:
-        return -2, None
-    status, *outputs = result
-    return status, (_outputs(images, sizes, base, layout, *outputs) if status == -1 else None)
+    return outputs(batch, channels, sizes, base, layout, *results)

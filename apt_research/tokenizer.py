@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -21,18 +21,36 @@ from ._validation import (
 )
 from .contract import CLASS_TOKEN, DEFAULT_PAD_VALUE
 from .entropy import (
+    Layout,
     denormalize_pixels,
-    entropy_flat_numba,
     grid_shape,
-    maps_from_flat,
-    numba_available,
     numba_arguments,
+    numba_available,
+    numba_kernel,
+    numba_pixels,
+    pixel_strides,
     raise_for_status,
+    run_numba,
     scale_sizes,
     triton_available,
 )
 from .scorers import entropy_scorer, get_scorer, importance_maps_unchecked
 from .selection import select_patches_by_threshold
+
+
+class _NumbaPlan(NamedTuple):
+    """What a numba call of the tokenizer needs besides the pixels and the normalisation's arrays, made once
+    for images of one kind (``PatchTokenizer._plan``)."""
+
+    kernel: Callable  # _entropy_cpu.entropy_flat ("maps") or _grouping_cpu.tokenize ("forward"), or a serial twin
+    unpack: Callable | None  # _grouping_cpu.outputs for "forward"
+    channels_last: bool  # the pixels are read (B, H, W, C)
+    head: tuple  # the kernel's arguments from bins to pad_value
+    tail: tuple  # its arguments after the normalisation's (denormalize, cells)
+    arguments: tuple  # numba_arguments' first result, for raise_for_status
+    sizes: list
+    layout: Layout
+    maps: tuple  # (p_s, first cell, end, (B, h_s, w_s)) per scale
 
 
 def _pair(name: str, value) -> tuple[int, int]:
@@ -237,7 +255,12 @@ class PatchTokenizer(nn.Module):
         self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
         self._threshold_cache = None
-        self._numba_cache = {}  # numba_arguments by what they are made of (see _numba_arguments)
+        self._plans = {}  # _NumbaPlan by everything the checks and the numba kernels' arguments depend on
+
+    def __getstate__(self) -> dict:
+        # The plans hold compiled kernels and are remade on the first call: a pickled tokenizer (a data-loader
+        # worker's copy) leaves them out.
+        return {**self.__dict__, "_plans": {}}
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -288,11 +311,13 @@ class PatchTokenizer(nn.Module):
         A scorer that takes ``denormalize`` (the entropy kernels) undoes the
         normalisation on the fly; other scorers get a pixel copy from ``to_pixels``.
         """
+        planned = self._planned("maps", images)
+        if planned is not None:  # images of a kind already checked: a data-loader transform calls this per image
+            return self._maps_by_plan(*planned)
         kernel_checks = self._entropy_by_numba(images)
         self._check_input(images, values=not kernel_checks)
-        if kernel_checks:  # straight to the numba kernel: a data-loader transform calls this once per image
-            flat, (sizes, layout) = self._entropy_flat(images)
-            return maps_from_flat(flat, images.shape[0], sizes, layout)
+        if kernel_checks:
+            return self._maps_by_plan(*self._plan("maps", images))
         return self._importance_maps(images, check_finite=kernel_checks)
 
     def _entropy_by_kernel(self) -> bool:
@@ -352,6 +377,9 @@ class PatchTokenizer(nn.Module):
         ``(sum(seqlens), 4)`` aligned with ``output_mask`` (class tokens:
         ``(image, -1, -1, 0)``).
         """
+        planned = None if importance_maps is not None else self._planned("forward", images)
+        if planned is not None:
+            return self._finish(self._forward_by_plan(*planned), images.shape[0])
         fused = images.device.type == "cuda" and triton_available() and not _needs_grad(images)
         # The fused entropy kernels (Triton, numba) check the values themselves: no pass over the batch of
         # their own (and on CUDA no host sync).
@@ -365,10 +393,14 @@ class PatchTokenizer(nn.Module):
             out = self._forward_triton(images, importance_maps)
         else:
             out = self._forward_gather(images, importance_maps, check_finite=kernel_checks)
+        return self._finish(out, images.shape[0])
+
+    def _finish(self, out: dict, batch: int) -> dict:
+        """The forward's ``max_seqlen`` and ``retained_frac``."""
         seqlens = out["seqlens"]
         out["max_seqlen"] = max(seqlens)
         height, width = self.image_size
-        out["retained_frac"] = sum(seqlens) / (images.shape[0] * height * width / self.base_patch_size**2)
+        out["retained_frac"] = sum(seqlens) / (batch * height * width / self.base_patch_size**2)
         return out
 
     def _forward_gather(self, images, importance_maps, check_finite: bool = False) -> dict:
@@ -395,40 +427,91 @@ class PatchTokenizer(nn.Module):
         every scale's patches and boxes, the packed boxes and labels and the class tokens. Without
         ``importance_maps`` the numba entropy kernel runs first, in the same call from here (one image at a
         time, as a data-loader transform calls it, costs little more than its share of a batch)."""
-        from ._grouping_cpu import forward, forward_entropy
+        from ._grouping_cpu import forward
 
-        sizes, thresholds = self.patch_sizes, self._thresholds_on(images.device).numpy()
         if importance_maps is None:
-            arguments = self._numba_arguments(images)
-            status, out = forward_entropy(images, arguments[0], thresholds, sizes, self.base_patch_size,
-                                          arguments[1][1])
-            raise_for_status(status, True, arguments[0])
-            return out
+            return self._forward_by_plan(*self._plan("forward", images))
+        sizes, thresholds = self.patch_sizes, self._thresholds_on(images.device).numpy()
         grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
         flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
         return forward(images, flat, grids, thresholds, sizes, self.base_patch_size)
 
-    def _numba_arguments(self, images):
-        """``numba_arguments`` for ``images``, made once per key: everything they are made of (the images'
-        shape, the normalisation's values, the entropy options), so no change of any of them is missed."""
-        buffers = self._buffers
-        key = (tuple(images.shape), tuple(buffers["unnorm_mean"].view(-1).tolist()),
-               tuple(buffers["unnorm_std"].view(-1).tolist()), self.base_patch_size, self.num_scales,
-               self.method_options["bins"], self.pad_value)
-        cache = self.__dict__.setdefault("_numba_cache", {})  # (a tokenizer unpickled from before it had one)
-        arguments = cache.get(key)
-        if arguments is None:
-            if len(cache) > 16:
-                cache.clear()
-            batch, _, height, width = images.shape
-            arguments = cache[key] = numba_arguments(batch, height, width, *key[3:6], self.pad_value,
-                                                     (buffers["unnorm_mean"], buffers["unnorm_std"]))
-        return arguments
+    def _plan_key(self, kind: str, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple:
+        """Everything the input checks, the choice of the numba path and the kernels' arguments depend on, bar
+        the values of the pixels and of the normalisation (which the kernels read on every call)."""
+        options = self.method_options
+        return (kind, pixels.shape, pixels.strides, pixels.dtype, mean.shape, std.shape, torch.get_num_threads() > 1,
+                self.scorer.function, options.get("backend"), options.get("bins"), self.pad_value, self.image_size,
+                self.base_patch_size, self.num_scales)
 
-    def _entropy_flat(self, images):
-        """The numba entropy kernel's flat maps and layout (``entropy_flat_numba``), values checked by the kernel."""
-        return entropy_flat_numba(images, self.base_patch_size, self.num_scales, self.method_options["bins"],
-                                  self.pad_value, check_finite=True, arguments=self._numba_arguments(images))
+    def _planned(self, kind: str, images) -> tuple | None:
+        """``_plan``'s result for ``images`` like ones this tokenizer has already checked and planned for (the
+        same shape, strides and dtype, under the same settings), else None: then the full path runs.
+
+        Per call this costs a few attribute reads and one dict look-up, where the checks and the arguments'
+        making cost several times the kernel's own overhead for one image (a data loader's call)."""
+        if type(images) is not torch.Tensor:
+            return None
+        try:  # numpy() refuses what the kernels cannot read in place: CUDA, autograd, types numpy lacks
+            pixels = images.numpy()
+            mean, std = self._buffers["unnorm_mean"].numpy(), self._buffers["unnorm_std"].numpy()
+        except (TypeError, RuntimeError):
+            return None
+        plan = self.__dict__.get("_plans", {}).get(self._plan_key(kind, pixels, mean, std))
+        if plan is None:
+            return None
+        return plan, pixels.transpose(0, 2, 3, 1) if plan.channels_last else pixels, mean, std
+
+    def _plan(self, kind: str, images: torch.Tensor) -> tuple:
+        """The numba kernels' plan for checked ``images`` (``kind``: "maps" or "forward"), the pixels as they
+        read them and the normalisation's arrays. Kept for ``_planned`` where the pixels are ``images``' own
+        memory and the normalisation lies on the CPU."""
+        pixels, channels_last = numba_pixels(images)
+        buffers = self._buffers["unnorm_mean"], self._buffers["unnorm_std"]
+        mean, std = (buffer.detach().cpu().numpy() for buffer in buffers)
+        batch, _, height, width = images.shape
+        arguments, (sizes, layout) = numba_arguments(batch, height, width, self.base_patch_size, self.num_scales,
+                                                     self.method_options["bins"], self.pad_value)
+        if kind == "maps":
+            from ._entropy_cpu import entropy_flat, entropy_flat_serial
+
+            kernel, unpack = numba_kernel(entropy_flat, entropy_flat_serial), None
+        else:
+            from ._grouping_cpu import outputs, tokenize, tokenize_serial
+
+            kernel, unpack = numba_kernel(tokenize, tokenize_serial), outputs
+        grids, ends = layout.grids, layout.cell_ends
+        plan = _NumbaPlan(kernel, unpack, channels_last, arguments[:9], (True, arguments[12]), arguments, sizes,
+                          layout, tuple((size, ends[s], ends[s + 1], (batch, *grids[s])) for s, size in enumerate(sizes)))
+        own = type(images) is torch.Tensor and not images.requires_grad and images.dtype in (torch.uint8, torch.float32)
+        if own and not any(buffer.requires_grad or buffer.device.type != "cpu" for buffer in buffers):
+            direct = images.numpy()
+            if (direct.transpose(0, 2, 3, 1) if channels_last else direct).flags.c_contiguous:
+                plans = self.__dict__.setdefault("_plans", {})  # (a tokenizer unpickled from before it had any)
+                if len(plans) > 16:
+                    plans.clear()
+                plans[self._plan_key(kind, direct, mean, std)] = plan
+        return plan, pixels, mean, std
+
+    def _maps_by_plan(self, plan: _NumbaPlan, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
+        """The numba entropy kernel's maps ``{p_s: (B, h_s, w_s)}``, values checked by the kernel."""
+        result = run_numba(plan.kernel, pixels, plan.channels_last, *plan.head, mean, std, *plan.tail)
+        out, status = (None, -2) if result is None else result
+        if status != -1:
+            raise_for_status(status, True, plan.arguments)
+        return {size: torch.from_numpy(out[first:last].reshape(shape)) for size, first, last, shape in plan.maps}
+
+    def _forward_by_plan(self, plan: _NumbaPlan, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
+        """The numba forward (entropy, selection and grouping in one kernel call), values checked by the kernel."""
+        layout, channels_last = plan.layout, plan.channels_last
+        result = run_numba(plan.kernel, pixels, channels_last, *plan.head, mean, std, *plan.tail,
+                           self._thresholds_on("cpu").numpy(), pixels.reshape(-1),
+                           pixel_strides(pixels, channels_last), layout.row_offsets)
+        status, *outputs = (-2,) if result is None else result
+        if status != -1:
+            raise_for_status(status, True, plan.arguments)
+        batch, channels = (pixels.shape[0], pixels.shape[3]) if channels_last else pixels.shape[:2]
+        return plan.unpack(batch, channels, plan.sizes, self.base_patch_size, layout, *outputs)
 
     def _thresholds_on(self, device) -> torch.Tensor:
         """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); copied once."""

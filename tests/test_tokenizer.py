@@ -244,6 +244,111 @@ def test_maps_of_images_that_require_grad_equal_the_detached_ones():
     assert all(torch.equal(got[size], expected[size]) for size in expected)
 
 
+def _same_maps(got, expected):
+    return got.keys() == expected.keys() and all(torch.equal(got[size], expected[size]) for size in expected)
+
+
+def _same_forward(got, expected):
+    return got.keys() == expected.keys() and all(
+        _same_maps(got[key], expected[key]) if isinstance(got[key], dict)
+        else torch.equal(got[key], expected[key]) if isinstance(got[key], torch.Tensor) else got[key] == expected[key]
+        for key in expected)
+
+
+@pytest.mark.parametrize("layout", ["planes", "channels_last", "uint8"])
+def test_a_planned_call_gives_what_the_full_path_gives(layout):
+    # After one call the tokenizer keeps a plan for images of that shape, strides and dtype, and later calls
+    # skip the checks and the arguments' making: their maps and tokens must be those of the full path.
+    pixels = skimage_batch(64, 80)
+    images = {"planes": normalise(pixels), "channels_last": normalise(pixels).contiguous(
+        memory_format=torch.channels_last), "uint8": pixels.round().to(torch.uint8)}[layout]
+    tokenizer = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], MEAN, STD)
+    full = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], MEAN, STD, backend="torch")
+    for image in (images[i : i + 1] for i in range(images.shape[0])):
+        first = tokenizer.compute_importance_maps(image)
+        assert tokenizer._planned("maps", image) is not None
+        planned = tokenizer.compute_importance_maps(image.clone())
+        expected = full.compute_importance_maps(image)
+        assert _same_maps(planned, first)
+        assert all(torch.allclose(planned[size], expected[size], atol=1e-5, rtol=0) for size in expected)
+        if layout != "uint8":  # the forward takes normalised float32 images
+            first = tokenizer(image)
+            assert tokenizer._planned("forward", image) is not None
+            assert _same_forward(tokenizer(image.clone()), first)
+            assert _same_forward(first, tokenizer(image, tokenizer.compute_importance_maps(image)))
+
+
+def test_planned_calls_still_refuse_bad_images():
+    images = normalise(skimage_batch(64, 64, ["astronaut", "camera"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    tokenizer(images), tokenizer.compute_importance_maps(images)
+    for value in (float("nan"), float("inf")):
+        bad = images.clone()
+        bad[1, 0, 63, 63] = value
+        with pytest.raises(ValueError, match="finite.*image 1 of the batch"):
+            tokenizer.compute_importance_maps(bad)
+        with pytest.raises(ValueError, match="finite.*image 1 of the batch"):
+            tokenizer(bad)
+    with pytest.raises(ValueError, match="image_size 64 x 64"):
+        tokenizer.compute_importance_maps(images[:, :, :32])
+    with pytest.raises(ValueError, match="3 channels"):
+        tokenizer(images[:, :1])
+    decoded = skimage_batch(64, 64, ["astronaut", "camera"]).round().to(torch.uint8)
+    tokenizer.compute_importance_maps(decoded), tokenizer.compute_importance_maps(decoded)
+    with pytest.raises(TypeError, match="real numbers"):  # the strides of uint8, not its dtype
+        tokenizer.compute_importance_maps(decoded > 0)
+
+
+def test_images_a_plan_does_not_fit_take_the_full_path():
+    # Same shape, other strides, dtype or type, or autograd: the planned call must not read them as planned.
+    images = normalise(skimage_batch(64, 64, ["astronaut", "camera"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    expected_maps, expected = tokenizer.compute_importance_maps(images), tokenizer(images)
+    transposed = images.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, column-major
+    assert not transposed.is_contiguous() and torch.equal(transposed, images)
+    for other in (transposed, images.double(), torch.nn.Parameter(images.clone()), images.clone().requires_grad_()):
+        assert _same_maps(tokenizer.compute_importance_maps(other), expected_maps)
+        with torch.no_grad():
+            assert tokenizer(other)["seqlens"] == expected["seqlens"]
+
+
+def test_a_plan_follows_the_settings_it_was_made_under():
+    images = normalise(skimage_batch(64, 64, ["astronaut", "camera"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    tokenizer(images), tokenizer.compute_importance_maps(images)
+    tokenizer.method_options["bins"] = 64
+    fresh = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD, bins=64)
+    assert _same_maps(tokenizer.compute_importance_maps(images), fresh.compute_importance_maps(images))
+    assert _same_forward(tokenizer(images), fresh(images))
+    tokenizer.pad_value = fresh.pad_value = 1e4
+    assert _same_maps(tokenizer.compute_importance_maps(images), fresh.compute_importance_maps(images))
+    # The normalisation's buffer replaced through .data: the planned call reads the new one.
+    other = PatchTokenizer(3, 8, 64, [6.0, 5.0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], bins=64, pad_value=1e4)
+    tokenizer.unnorm_mean.data = other.unnorm_mean.clone()
+    tokenizer.unnorm_std.data = other.unnorm_std.clone()
+    assert _same_maps(tokenizer.compute_importance_maps(images), other.compute_importance_maps(images))
+    assert _same_forward(tokenizer(images), other(images))
+    threads = torch.get_num_threads()
+    try:  # one thread (a data-loader worker) takes the serial kernels, whatever the plans of two threads
+        torch.set_num_threads(1)
+        assert _same_forward(tokenizer(images), other(images))
+        assert tokenizer._planned("forward", images)[0].kernel.__name__ == "tokenize_serial"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_pickled_tokenizer_leaves_its_plans_behind():
+    import pickle
+
+    images = normalise(skimage_batch(64, 64, ["astronaut"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    expected = tokenizer(images)
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert tokenizer._plans and not copy._plans
+    assert _same_forward(copy(images), expected)
+    assert _same_forward(copy(images), expected)  # and planned again
+
+
 def test_the_numba_path_follows_every_change_of_the_tokenizer():
     # The CPU forward keeps its kernel arguments between calls: a change of thresholds (even by plain
     # assignment), of the normalisation (even in place through .data, which no version counter sees)
