@@ -32,7 +32,7 @@ from numba import njit, prange
 from ._entropy_cpu import _image_shape, entropy_flat, entropy_flat_serial
 from ._numba import serial_twin
 from .contract import CLASS_TOKEN
-from .entropy import flat_layout, numba_kernel, numba_pixels, pixel_strides, run_numba
+from .entropy import flat_layout, numba_kernel, numba_pixels, pixel_strides
 
 _QUARTER = np.float32(0.25)
 

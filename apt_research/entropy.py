@@ -211,14 +211,20 @@ def numba_kernel(parallel, serial):
     return parallel if torch.get_num_threads() > 1 else serial
 
 
+def numba_failure(error: SystemError) -> int:
+    """The status -2 of ``raise_for_status`` where a numba kernel's ``SystemError`` reports a failed allocation in a
+    parallel task (one caused by a ``MemoryError``); any other ``error`` is raised again."""
+    if not _caused_by(error, MemoryError):
+        raise error
+    return -2
+
+
 def run_numba(kernel, *args):
-    """``kernel(*args)``, or None where numba reported a failed allocation in a parallel task (a ``SystemError``
-    caused by a ``MemoryError``; the status -2 of ``raise_for_status``)."""
+    """``kernel(*args)``, or None where numba reported a failed allocation in a parallel task (``numba_failure``)."""
     try:
         return kernel(*args)
     except SystemError as error:
-        if not _caused_by(error, MemoryError):
-            raise
+        numba_failure(error)
         return None
 
 

@@ -26,11 +26,11 @@ from .entropy import (
     grid_shape,
     numba_arguments,
     numba_available,
+    numba_failure,
     numba_kernel,
     numba_pixels,
     pixel_strides,
     raise_for_status,
-    run_numba,
     scale_sizes,
     triton_available,
 )
@@ -311,14 +311,26 @@ class PatchTokenizer(nn.Module):
         A scorer that takes ``denormalize`` (the entropy kernels) undoes the
         normalisation on the fly; other scorers get a pixel copy from ``to_pixels``.
         """
+        # Images of a kind already checked skip to the kernel: a data-loader transform calls this once per
+        # image, where each Python call and check costs a noticeable part of the kernel's time (so all is inline).
         planned = self._planned("maps", images)
-        if planned is not None:  # images of a kind already checked: a data-loader transform calls this per image
-            return self._maps_by_plan(*planned)
-        kernel_checks = self._entropy_by_numba(images)
-        self._check_input(images, values=not kernel_checks)
-        if kernel_checks:
-            return self._maps_by_plan(*self._plan("maps", images))
-        return self._importance_maps(images, check_finite=kernel_checks)
+        if planned is None:
+            kernel_checks = self._entropy_by_numba(images)
+            self._check_input(images, values=not kernel_checks)
+            if not kernel_checks:
+                return self._importance_maps(images)
+            planned = self._plan("maps", images)
+        plan, pixels, mean, std = planned
+        try:
+            out, status = plan.kernel(pixels, plan.channels_last, *plan.head, mean, std, *plan.tail)
+        except SystemError as error:
+            out, status = None, numba_failure(error)
+        if status != -1:
+            raise_for_status(status, True, plan.arguments)
+        maps = {}
+        for size, first, last, shape in plan.maps:
+            maps[size] = torch.from_numpy(out[first:last].reshape(shape))
+        return maps
 
     def _entropy_by_kernel(self) -> bool:
         """Whether CUDA scoring goes through the Triton entropy kernel (which also checks the values)."""
@@ -436,20 +448,13 @@ class PatchTokenizer(nn.Module):
         flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
         return forward(images, flat, grids, thresholds, sizes, self.base_patch_size)
 
-    def _plan_key(self, kind: str, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple:
-        """Everything the input checks, the choice of the numba path and the kernels' arguments depend on, bar
-        the values of the pixels and of the normalisation (which the kernels read on every call)."""
-        options = self.method_options
-        return (kind, pixels.shape, pixels.strides, pixels.dtype, mean.shape, std.shape, torch.get_num_threads() > 1,
-                self.scorer.function, options.get("backend"), options.get("bins"), self.pad_value, self.image_size,
-                self.base_patch_size, self.num_scales)
+    def _planned(self, kind: str, images, new_plan: _NumbaPlan | None = None) -> tuple | None:
+        """``_plan``'s result for ``images`` like ones this tokenizer has already checked and planned for, else
+        None (then the full path runs); with ``new_plan``, keep it for such images instead (returns None).
 
-    def _planned(self, kind: str, images) -> tuple | None:
-        """``_plan``'s result for ``images`` like ones this tokenizer has already checked and planned for (the
-        same shape, strides and dtype, under the same settings), else None: then the full path runs.
-
-        Per call this costs a few attribute reads and one dict look-up, where the checks and the arguments'
-        making cost several times the kernel's own overhead for one image (a data loader's call)."""
+        The key is everything the input checks, the choice of the numba path and the kernels' arguments depend
+        on, bar the values of the pixels and of the normalisation (which the kernels read on every call): the
+        images' shape, strides and dtype, and the settings. Per call this costs one dict look-up."""
         if type(images) is not torch.Tensor:
             return None
         try:  # numpy() refuses what the kernels cannot read in place: CUDA, autograd, types numpy lacks
@@ -457,15 +462,25 @@ class PatchTokenizer(nn.Module):
             mean, std = self._buffers["unnorm_mean"].numpy(), self._buffers["unnorm_std"].numpy()
         except (TypeError, RuntimeError):
             return None
-        plan = self.__dict__.get("_plans", {}).get(self._plan_key(kind, pixels, mean, std))
+        options = self.method_options
+        key = (kind, pixels.shape, pixels.strides, pixels.dtype, mean.shape, std.shape, torch.get_num_threads() > 1,
+               self.scorer.function, options.get("backend"), options.get("bins"), self.pad_value, self.image_size,
+               self.base_patch_size, self.num_scales)
+        plans = self.__dict__.setdefault("_plans", {})  # (a tokenizer unpickled from before it had any)
+        if new_plan is not None:
+            if len(plans) > 16:
+                plans.clear()
+            plans[key] = new_plan
+            return None
+        plan = plans.get(key)
         if plan is None:
             return None
         return plan, pixels.transpose(0, 2, 3, 1) if plan.channels_last else pixels, mean, std
 
     def _plan(self, kind: str, images: torch.Tensor) -> tuple:
         """The numba kernels' plan for checked ``images`` (``kind``: "maps" or "forward"), the pixels as they
-        read them and the normalisation's arrays. Kept for ``_planned`` where the pixels are ``images``' own
-        memory and the normalisation lies on the CPU."""
+        read them and the normalisation's arrays. Kept for ``_planned`` where the kernels read ``images``' own
+        memory (float32 or uint8, contiguous or channels-last)."""
         pixels, channels_last = numba_pixels(images)
         buffers = self._buffers["unnorm_mean"], self._buffers["unnorm_std"]
         mean, std = (buffer.detach().cpu().numpy() for buffer in buffers)
@@ -483,31 +498,21 @@ class PatchTokenizer(nn.Module):
         grids, ends = layout.grids, layout.cell_ends
         plan = _NumbaPlan(kernel, unpack, channels_last, arguments[:9], (True, arguments[12]), arguments, sizes,
                           layout, tuple((size, ends[s], ends[s + 1], (batch, *grids[s])) for s, size in enumerate(sizes)))
-        own = type(images) is torch.Tensor and not images.requires_grad and images.dtype in (torch.uint8, torch.float32)
-        if own and not any(buffer.requires_grad or buffer.device.type != "cpu" for buffer in buffers):
+        if images.dtype in (torch.uint8, torch.float32) and not images.requires_grad:
             direct = images.numpy()
             if (direct.transpose(0, 2, 3, 1) if channels_last else direct).flags.c_contiguous:
-                plans = self.__dict__.setdefault("_plans", {})  # (a tokenizer unpickled from before it had any)
-                if len(plans) > 16:
-                    plans.clear()
-                plans[self._plan_key(kind, direct, mean, std)] = plan
+                self._planned(kind, images, plan)
         return plan, pixels, mean, std
-
-    def _maps_by_plan(self, plan: _NumbaPlan, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
-        """The numba entropy kernel's maps ``{p_s: (B, h_s, w_s)}``, values checked by the kernel."""
-        result = run_numba(plan.kernel, pixels, plan.channels_last, *plan.head, mean, std, *plan.tail)
-        out, status = (None, -2) if result is None else result
-        if status != -1:
-            raise_for_status(status, True, plan.arguments)
-        return {size: torch.from_numpy(out[first:last].reshape(shape)) for size, first, last, shape in plan.maps}
 
     def _forward_by_plan(self, plan: _NumbaPlan, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
         """The numba forward (entropy, selection and grouping in one kernel call), values checked by the kernel."""
         layout, channels_last = plan.layout, plan.channels_last
-        result = run_numba(plan.kernel, pixels, channels_last, *plan.head, mean, std, *plan.tail,
-                           self._thresholds_on("cpu").numpy(), pixels.reshape(-1),
-                           pixel_strides(pixels, channels_last), layout.row_offsets)
-        status, *outputs = (-2,) if result is None else result
+        try:
+            status, *outputs = plan.kernel(pixels, channels_last, *plan.head, mean, std, *plan.tail,
+                                           self._thresholds_on("cpu").numpy(), pixels.reshape(-1),
+                                           pixel_strides(pixels, channels_last), layout.row_offsets)
+        except SystemError as error:
+            status = numba_failure(error)
         if status != -1:
             raise_for_status(status, True, plan.arguments)
         batch, channels = (pixels.shape[0], pixels.shape[3]) if channels_last else pixels.shape[:2]

@@ -181,9 +181,11 @@ def test_numba_kernel_that_cannot_allocate_raises(tmp_path):
     script = textwrap.dedent("""
         import resource
         import torch
-        from apt_research import compute_patch_entropy_batched
+        from apt_research import PatchTokenizer, compute_patch_entropy_batched
         images = torch.zeros(1, 1, 1, 65536, dtype=torch.uint8)
         compute_patch_entropy_batched(images, 16, 1, 64, backend="numba")  # kernel compiled, threads started
+        small = PatchTokenizer(1, 16, (1, 65536), [], [0.5], [0.5], bins=64)
+        small(images.float()), small.compute_importance_maps(images.float())  # the tokenizer's kernels too
         status = open("/proc/self/status").read().split("VmSize:")[1].split()[0]
         resource.setrlimit(resource.RLIMIT_AS, (int(status) * 1024 + (300 << 20), resource.RLIM_INFINITY))
         try:
@@ -192,11 +194,21 @@ def test_numba_kernel_that_cannot_allocate_raises(tmp_path):
             print("MemoryError:", error)
         else:
             print("returned", float(maps[16].min()), float(maps[16].max()))
+        # The tokenizer's calls (the second one planned) report it the same way.
+        tokenizer = PatchTokenizer(8, 16, (1, 65536), [7.0] * 7, [0.5], [0.5], bins=64)
+        for call in (tokenizer.compute_importance_maps, tokenizer.compute_importance_maps, tokenizer):
+            try:
+                call(images.float())
+            except MemoryError as error:
+                print("tokenizer MemoryError:", str(error)[:40])
+            else:
+                print("tokenizer returned")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "NUMBA_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MemoryError: the numba entropy kernel could not allocate" in result.stdout, result.stdout
+    assert result.stdout.count("tokenizer MemoryError: the numba entropy kernel could not") == 3, result.stdout
 
 
 def test_thresholds_wrong_length():
