@@ -51,6 +51,7 @@ class _NumbaPlan(NamedTuple):
     sizes: list
     layout: Layout
     maps: tuple  # (p_s, first cell, end, (B, h_s, w_s)) per scale
+    strides: tuple  # the pixels' element strides (entropy.pixel_strides)
 
 
 def _pair(name: str, value) -> tuple[int, int]:
@@ -257,10 +258,16 @@ class PatchTokenizer(nn.Module):
         self._threshold_cache = None
         self._plans = {}  # _NumbaPlan by everything the checks and the numba kernels' arguments depend on
 
+    _CACHES = {"_plans": dict, "_normalisation_views": lambda: None, "_threshold_cache": lambda: None}
+
     def __getstate__(self) -> dict:
-        # The plans hold compiled kernels and are remade on the first call: a pickled tokenizer (a data-loader
-        # worker's copy) leaves them out.
-        return {**self.__dict__, "_plans": {}}
+        # The caches hold compiled kernels, views of this process's memory and device copies, and are remade on
+        # the first call: a pickled tokenizer (a data-loader worker's copy, a saved model) leaves them out.
+        return {**self.__dict__, **{name: make() for name, make in self._CACHES.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.update({name: make() for name, make in self._CACHES.items()})  # (also a pickle from before)
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -443,7 +450,7 @@ class PatchTokenizer(nn.Module):
 
         if importance_maps is None:
             return self._forward_by_plan(*self._plan("forward", images))
-        sizes, thresholds = self.patch_sizes, self._thresholds_on(images.device).numpy()
+        sizes, thresholds = self.patch_sizes, self._cpu_thresholds()
         grids = tuple(tuple(importance_maps[size].shape[1:]) for size in sizes)
         flat = torch.cat([importance_maps[size].reshape(-1) for size in sizes]).numpy()
         return forward(images, flat, grids, thresholds, sizes, self.base_patch_size)
@@ -457,16 +464,28 @@ class PatchTokenizer(nn.Module):
         images' shape, strides and dtype, and the settings. Per call this costs one dict look-up."""
         if type(images) is not torch.Tensor:
             return None
+        buffers = self._buffers
+        mean, std = buffers["unnorm_mean"], buffers["unnorm_std"]
+        # The normalisation's buffers as numpy arrays over their own memory, made again only where a buffer was
+        # replaced (module.to(), or .data = ...: another storage, whose address differs from the old one while
+        # these keep the old one alive). Its values are read by the kernels on every call. (numpy() costs about
+        # as much as the rest of this function after the kernel has run.)
+        views = self.__dict__.get("_normalisation_views")
         try:  # numpy() refuses what the kernels cannot read in place: CUDA, autograd, types numpy lacks
+            if (views is None or views[0] is not mean or views[1] is not std or views[2] != mean.data_ptr()
+                    or views[3] != std.data_ptr() or views[4] != mean.shape or views[5] != std.shape):
+                views = (mean, std, mean.data_ptr(), std.data_ptr(), mean.shape, std.shape, mean.numpy(), std.numpy(),
+                         mean.untyped_storage(), std.untyped_storage())
+                self.__dict__["_normalisation_views"] = views
             pixels = images.numpy()
-            mean, std = self._buffers["unnorm_mean"].numpy(), self._buffers["unnorm_std"].numpy()
         except (TypeError, RuntimeError):
             return None
+        mean, std = views[6], views[7]
         options = self.method_options
         key = (kind, pixels.shape, pixels.strides, pixels.dtype, mean.shape, std.shape, torch.get_num_threads() > 1,
                self.scorer.function, options.get("backend"), options.get("bins"), self.pad_value, self.image_size,
                self.base_patch_size, self.num_scales)
-        plans = self.__dict__.setdefault("_plans", {})  # (a tokenizer unpickled from before it had any)
+        plans = self._plans
         if new_plan is not None:
             if len(plans) > 16:
                 plans.clear()
@@ -497,7 +516,8 @@ class PatchTokenizer(nn.Module):
             kernel, unpack = numba_kernel(tokenize, tokenize_serial), outputs
         grids, ends = layout.grids, layout.cell_ends
         plan = _NumbaPlan(kernel, unpack, channels_last, arguments[:9], (True, arguments[12]), arguments, sizes,
-                          layout, tuple((size, ends[s], ends[s + 1], (batch, *grids[s])) for s, size in enumerate(sizes)))
+                          layout, tuple((size, ends[s], ends[s + 1], (batch, *grids[s])) for s, size in enumerate(sizes)),
+                          pixel_strides(pixels, channels_last))
         if images.dtype in (torch.uint8, torch.float32) and not images.requires_grad:
             direct = images.numpy()
             if (direct.transpose(0, 2, 3, 1) if channels_last else direct).flags.c_contiguous:
@@ -509,8 +529,7 @@ class PatchTokenizer(nn.Module):
         layout, channels_last = plan.layout, plan.channels_last
         try:
             status, *outputs = plan.kernel(pixels, channels_last, *plan.head, mean, std, *plan.tail,
-                                           self._thresholds_on("cpu").numpy(), pixels.reshape(-1),
-                                           pixel_strides(pixels, channels_last), layout.row_offsets)
+                                           self._cpu_thresholds(), pixels.reshape(-1), plan.strides, layout.row_offsets)
         except SystemError as error:
             status = numba_failure(error)
         if status != -1:
@@ -523,8 +542,13 @@ class PatchTokenizer(nn.Module):
         key = (tuple(self.thresholds), str(device))
         if self._threshold_cache is None or self._threshold_cache[0] != key:
             values = torch.tensor([0.0, *self.thresholds], dtype=torch.float32, device=device)
-            self._threshold_cache = (key, values)
+            self._threshold_cache = (key, values, values.numpy() if values.device.type == "cpu" else None)
         return self._threshold_cache[1]
+
+    def _cpu_thresholds(self) -> np.ndarray:
+        """``_thresholds_on("cpu")`` as the numba kernels' numpy array (its memory: made once per setting)."""
+        self._thresholds_on("cpu")
+        return self._threshold_cache[2]
 
     def _forward_triton(self, images, importance_maps) -> dict:
         """CUDA forward in a handful of launches and one host sync.

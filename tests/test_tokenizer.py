@@ -323,11 +323,16 @@ def test_a_plan_follows_the_settings_it_was_made_under():
     tokenizer.pad_value = fresh.pad_value = 1e4
     assert _same_maps(tokenizer.compute_importance_maps(images), fresh.compute_importance_maps(images))
     # The normalisation's buffer replaced through .data: the planned call reads the new one.
-    other = PatchTokenizer(3, 8, 64, [6.0, 5.0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], bins=64, pad_value=1e4)
+    other = PatchTokenizer(3, 8, 64, [6.0, 5.0], [0.5, 0.4, 0.3], [0.25, 0.2, 0.3], bins=64, pad_value=1e4)
     tokenizer.unnorm_mean.data = other.unnorm_mean.clone()
     tokenizer.unnorm_std.data = other.unnorm_std.clone()
     assert _same_maps(tokenizer.compute_importance_maps(images), other.compute_importance_maps(images))
     assert _same_forward(tokenizer(images), other(images))
+    # A view of the same memory, at the same address, of one channel: the first channel's numbers for all.
+    tokenizer.unnorm_mean.data, tokenizer.unnorm_std.data = tokenizer.unnorm_mean[:, :1], tokenizer.unnorm_std[:, :1]
+    first = PatchTokenizer(3, 8, 64, [6.0, 5.0], [0.5], [0.25], bins=64, pad_value=1e4)
+    assert _same_maps(tokenizer.compute_importance_maps(images), first.compute_importance_maps(images))
+    tokenizer.unnorm_mean.data, tokenizer.unnorm_std.data = other.unnorm_mean.clone(), other.unnorm_std.clone()
     threads = torch.get_num_threads()
     try:  # one thread (a data-loader worker) takes the serial kernels, whatever the plans of two threads
         torch.set_num_threads(1)
@@ -344,9 +349,15 @@ def test_a_pickled_tokenizer_leaves_its_plans_behind():
     tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
     expected = tokenizer(images)
     copy = pickle.loads(pickle.dumps(tokenizer))
-    assert tokenizer._plans and not copy._plans
+    assert tokenizer._plans and not copy._plans and copy.__dict__["_normalisation_views"] is None
     assert _same_forward(copy(images), expected)
     assert _same_forward(copy(images), expected)  # and planned again
+    # A tokenizer pickled by an earlier version: no plans, a threshold cache of another shape.
+    old_state = {key: value for key, value in tokenizer.__dict__.items() if key not in ("_plans", "_normalisation_views")}
+    old_state["_threshold_cache"] = (((6.0, 5.0), "cpu"), torch.tensor([0.0, 6.0, 5.0]))
+    old = PatchTokenizer.__new__(PatchTokenizer)
+    old.__setstate__(old_state)
+    assert _same_forward(old(images), expected)
 
 
 def test_the_numba_path_follows_every_change_of_the_tokenizer():
