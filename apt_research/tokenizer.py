@@ -466,32 +466,35 @@ class PatchTokenizer(nn.Module):
             return None
         buffers = self._buffers
         mean, std = buffers["unnorm_mean"], buffers["unnorm_std"]
-        # The normalisation's buffers as numpy arrays over their own memory, made again only where a buffer was
-        # replaced (module.to(), or .data = ...: another storage, whose address differs from the old one while
-        # these keep the old one alive). Its values are read by the kernels on every call. (numpy() costs about
-        # as much as the rest of this function after the kernel has run.)
+        # The normalisation's buffers as numpy arrays over their own memory, made again where a buffer changed
+        # other than in value (module.to(), .data = ..., set_(), as_strided_()): object, address, shape, strides
+        # or dtype. The views keep the old storage alive, so a new one cannot reuse its address. The values are
+        # read by the kernels on every call. (After a kernel has run, numpy() costs several microseconds.)
         views = self.__dict__.get("_normalisation_views")
         try:  # numpy() refuses what the kernels cannot read in place: CUDA, autograd, types numpy lacks
-            if (views is None or views[0] is not mean or views[1] is not std or views[2] != mean.data_ptr()
-                    or views[3] != std.data_ptr() or views[4] != mean.shape or views[5] != std.shape):
-                views = (mean, std, mean.data_ptr(), std.data_ptr(), mean.shape, std.shape, mean.numpy(), std.numpy(),
-                         mean.untyped_storage(), std.untyped_storage())
+            state = (mean.data_ptr(), std.data_ptr(), mean.shape, std.shape, mean.stride(), std.stride(), mean.dtype,
+                     std.dtype)
+            if views is None or views[0] is not mean or views[1] is not std or views[2] != state:
+                views = (mean, std, state, mean.numpy(), std.numpy(), mean.untyped_storage(), std.untyped_storage())
                 self.__dict__["_normalisation_views"] = views
             pixels = images.numpy()
         except (TypeError, RuntimeError):
             return None
-        mean, std = views[6], views[7]
+        mean, std = views[3], views[4]
         options = self.method_options
         key = (kind, pixels.shape, pixels.strides, pixels.dtype, mean.shape, std.shape, torch.get_num_threads() > 1,
                self.scorer.function, options.get("backend"), options.get("bins"), self.pad_value, self.image_size,
                self.base_patch_size, self.num_scales)
         plans = self._plans
-        if new_plan is not None:
-            if len(plans) > 16:
-                plans.clear()
-            plans[key] = new_plan
+        try:  # (a setting of a type that cannot be hashed, e.g. image_size a list: the full path checks it)
+            if new_plan is not None:
+                if len(plans) > 16:
+                    plans.clear()
+                plans[key] = new_plan
+                return None
+            plan = plans.get(key)
+        except TypeError:
             return None
-        plan = plans.get(key)
         if plan is None:
             return None
         return plan, pixels.transpose(0, 2, 3, 1) if plan.channels_last else pixels, mean, std
@@ -538,10 +541,16 @@ class PatchTokenizer(nn.Module):
         return plan.unpack(batch, channels, plan.sizes, self.base_patch_size, layout, *outputs)
 
     def _thresholds_on(self, device) -> torch.Tensor:
-        """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); copied once."""
-        key = (tuple(self.thresholds), str(device))
-        if self._threshold_cache is None or self._threshold_cache[0] != key:
-            values = torch.tensor([0.0, *self.thresholds], dtype=torch.float32, device=device)
+        """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); checked and copied once
+        per setting (``thresholds`` may have been assigned directly, even as a tensor changed in place later)."""
+        try:
+            key = (tuple(map(float, self.thresholds)), self.num_scales, str(device))
+        except (TypeError, ValueError, RuntimeError):
+            key = None  # check_thresholds says what is wrong
+        if key is None or self._threshold_cache is None or self._threshold_cache[0] != key:
+            checked = check_thresholds(self.thresholds, self.num_scales)
+            values = torch.tensor([0.0, *checked], dtype=torch.float32, device=device)
+            key = (tuple(checked), self.num_scales, str(device))
             self._threshold_cache = (key, values, values.numpy() if values.device.type == "cpu" else None)
         return self._threshold_cache[1]
 

@@ -342,6 +342,39 @@ def test_a_plan_follows_the_settings_it_was_made_under():
         torch.set_num_threads(threads)
 
 
+def test_a_plan_sees_the_normalisation_restrided_in_place():
+    # Same buffer object, address and shape, other strides: the planned call must read the new layout.
+    images = normalise(skimage_batch(64, 64, ["astronaut"]))
+    tokenizers = [PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD) for _ in range(2)]
+    tokenizers[0].compute_importance_maps(images), tokenizers[0](images)
+    for tokenizer in tokenizers:  # the first channel's numbers for all three, through a stride of 0
+        tokenizer.unnorm_mean.data = tokenizer.unnorm_mean.data[:, :1].expand(1, 3, 1, 1)
+        tokenizer.unnorm_std.as_strided_((1, 3, 1, 1), (3, 0, 1, 1))
+    planned, fresh = tokenizers
+    assert _same_maps(planned.compute_importance_maps(images), fresh.compute_importance_maps(images))
+    assert _same_forward(planned(images), fresh(images))
+    first = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN[:1], STD[:1])
+    assert _same_maps(planned.compute_importance_maps(images), first.compute_importance_maps(images))
+
+
+def test_thresholds_assigned_directly_are_checked_and_followed():
+    images = normalise(skimage_batch(64, 64, ["astronaut"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    values = torch.tensor([0.5, 0.5])
+    tokenizer.thresholds = values
+    assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [0.5, 0.5], MEAN, STD)(images)["seqlens"]
+    values.copy_(torch.tensor([6.0, 5.0]))  # changed in place: the next call follows
+    assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)(images)["seqlens"]
+    for bad, message in (([], "2 entries"), ([6.0], "2 entries"), ([float("nan"), 5.0], "finite"), (["a", 5.0], "numbers")):
+        tokenizer.thresholds = bad
+        with pytest.raises((ValueError, TypeError), match=message):
+            tokenizer(images)
+    tokenizer.thresholds = [6.0, 5.0]
+    tokenizer.image_size = [64, 32]  # a list, as a careless user assigns it: the full path's message
+    with pytest.raises(ValueError, match="image_size"):
+        tokenizer.compute_importance_maps(images)
+
+
 def test_a_pickled_tokenizer_leaves_its_plans_behind():
     import pickle
 
