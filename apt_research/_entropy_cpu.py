@@ -395,7 +395,7 @@ _UNFINISHED = 2  # a task's ``bad_bands`` entry until it is done
 @njit(cache=True)
 def three_float32(values):
     """One or three per-channel numbers (an array of any shape and float dtype) as float32 ``(3,)``, one value
-    repeated: what ``entropy._three_channels`` makes in Python, made here so that a caller can pass the
+    repeated (as torch broadcasts one number over three channels), made here so that a caller can pass the
     normalisation's own arrays (a tokenizer's buffers, read in place) and every call reads their values."""
     flat = np.ascontiguousarray(values).reshape(values.size)
     if flat.size != 1 and flat.size != 3:

@@ -179,30 +179,37 @@ def _numba_layout(batch: int, height: int, width: int, patch_size: int, num_scal
     return sizes, flat_layout(batch, tuple(grid_shape(height, width, size) for size in sizes))
 
 
-def _three_channels(values) -> np.ndarray:
-    """One or three per-channel numbers as a float32 numpy array of three (the kernel's ``shifts`` / ``scales``)."""
-    array = values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
-    if array.dtype == np.float32 and array.shape == (3,):
-        return array
-    array = array.astype(np.float32).ravel()
-    return array if array.size == 3 else np.repeat(array, 3)
-
-
 def numba_denormalize(denormalize) -> tuple[np.ndarray, np.ndarray]:
-    """``(shift, scale)`` tensors as the numba kernel's float32 arrays of three (prepare once, pass to
-    ``entropy_flat_numba`` as ``denormalize``)."""
-    return _three_channels(denormalize[0]), _three_channels(denormalize[1])
+    """``(shift, scale)`` (tensors or arrays of one or three per-channel numbers) as float32 numpy arrays the
+    numba kernels read (they repeat a single number for three channels: ``_entropy_cpu.three_float32``)."""
+    return tuple(np.ascontiguousarray(values if isinstance(values, np.ndarray) else values.detach().float().cpu().numpy(),
+                                      dtype=np.float32) for values in denormalize)
 
 
-def numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize=None):
-    """The numba entropy kernel's arguments after the images and their layout flag (``bins`` .. ``cells`` of
-    ``_entropy_cpu.entropy_flat``), and ``(sizes, layout)`` (``_numba_layout``). ``denormalize``: tensors or
-    ``numba_denormalize``'s arrays."""
+class KernelArguments(NamedTuple):
+    """The numba entropy kernel's arguments (``_entropy_cpu.entropy_flat``) around the normalisation's
+    ``(shifts, scales)``: ``head`` from ``bins`` to ``pad_value``, ``tail`` ``(denormalize, cells)``; and what
+    ``(sizes, layout)`` (``_numba_layout``) they describe."""
+
+    head: tuple
+    tail: tuple
+    sizes: list
+    layout: Layout
+
+
+def kernel_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize: bool) -> KernelArguments:
+    """``KernelArguments`` for images of this size (``denormalize``: whether the kernel undoes a normalisation)."""
     sizes, layout = _numba_layout(batch, height, width, patch_size, num_scales)
     tables, table_offsets = _entropy_tables(tuple(sizes))
-    shift, scale = (_NO_SHIFT, _NO_SHIFT) if denormalize is None else numba_denormalize(denormalize)
-    return (bins, patch_size, num_scales, layout.rows, layout.cols, layout.offsets, tables, table_offsets,
-            np.float32(pad_value), shift, scale, denormalize is not None, layout.cell_ends[-1]), (sizes, layout)
+    head = (bins, patch_size, num_scales, layout.rows, layout.cols, layout.offsets, tables, table_offsets,
+            np.float32(pad_value))
+    return KernelArguments(head, (denormalize, layout.cell_ends[-1]), sizes, layout)
+
+
+def map_slices(batch: int, sizes: list[int], layout: Layout) -> tuple:
+    """``(p_s, first, end, (B, h_s, w_s))`` of each scale's maps in the kernels' flat array."""
+    grids, ends = layout.grids, layout.cell_ends
+    return tuple((size, ends[s], ends[s + 1], (batch, *grids[s])) for s, size in enumerate(sizes))
 
 
 def numba_kernel(parallel, serial):
@@ -219,19 +226,11 @@ def numba_failure(error: SystemError) -> int:
     return -2
 
 
-def run_numba(kernel, *args):
-    """``kernel(*args)``, or None where numba reported a failed allocation in a parallel task (``numba_failure``)."""
-    try:
-        return kernel(*args)
-    except SystemError as error:
-        numba_failure(error)
-        return None
-
-
-def raise_for_status(status: int, check_finite: bool, arguments: tuple) -> None:
-    """Raise what the numba entropy kernel's ``status`` reports (``_entropy_cpu.entropy_flat``)."""
+def raise_for_status(status: int, check_finite: bool, head: tuple) -> None:
+    """Raise what the numba entropy kernel's ``status`` reports (``_entropy_cpu.entropy_flat``); ``head``: its
+    ``KernelArguments.head``."""
     if status == -2:
-        bins, patch_size, num_scales, cols = arguments[0], arguments[1], arguments[2], arguments[4]
+        bins, patch_size, num_scales, cols = head[0], head[1], head[2], head[4]
         coarsest = patch_size << (num_scales - 1)
         raise MemoryError(
             f"the numba entropy kernel could not allocate its scratch buffers (a band of {coarsest} x "
@@ -261,35 +260,23 @@ def pixel_strides(pixels: np.ndarray, channels_last: bool) -> tuple[int, int, in
     return (step[0], step[3], step[1], step[2]) if channels_last else tuple(step)
 
 
-def entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False,
-                       arguments=None):
-    """The numba kernel's maps of every scale in one flat float32 numpy array, and ``(sizes, layout)``
-    (``_numba_layout``): scale s from ``layout.offsets[s]``, laid out (B, rows[s], cols[s]).
-    ``denormalize``: tensors or ``numba_denormalize``'s arrays; ``arguments``: ``numba_arguments``'s result
-    for these images, made beforehand (the other arguments are then not read)."""
+def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
+    """The numba kernel's maps ``{p_s: (B, h_s, w_s)}`` (views of one flat array). ``denormalize``: tensors or
+    arrays."""
     from ._entropy_cpu import entropy_flat, entropy_flat_serial
 
     batch, _, height, width = images.shape
-    if arguments is None:
-        arguments = numba_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize)
+    arguments = kernel_arguments(batch, height, width, patch_size, num_scales, bins, pad_value, denormalize is not None)
+    shift, scale = (_NO_SHIFT, _NO_SHIFT) if denormalize is None else numba_denormalize(denormalize)
     pixels, channels_last = numba_pixels(images)
-    result = run_numba(numba_kernel(entropy_flat, entropy_flat_serial), pixels, channels_last, *arguments[0])
-    out, status = (None, -2) if result is None else result
-    raise_for_status(status, check_finite, arguments[0])
-    return out, arguments[1]
-
-
-def maps_from_flat(out: np.ndarray, batch: int, sizes: list[int], layout: Layout) -> dict[int, torch.Tensor]:
-    """``{p_s: (B, h_s, w_s)}`` views of ``entropy_flat_numba``'s flat maps."""
-    grids, ends = layout.grids, layout.cell_ends
-    return {size: torch.from_numpy(out[ends[s] : ends[s + 1]].reshape(batch, *grids[s]))
-            for s, size in enumerate(sizes)}
-
-
-def _entropy_maps_numba(images, patch_size, num_scales, bins, pad_value, denormalize=None, check_finite=False):
-    out, (sizes, layout) = entropy_flat_numba(images, patch_size, num_scales, bins, pad_value, denormalize,
-                                              check_finite)
-    return maps_from_flat(out, images.shape[0], sizes, layout)
+    try:
+        out, status = numba_kernel(entropy_flat, entropy_flat_serial)(pixels, channels_last, *arguments.head, shift,
+                                                                       scale, *arguments.tail)
+    except SystemError as error:
+        status = numba_failure(error)
+    raise_for_status(status, check_finite, arguments.head)
+    return {size: torch.from_numpy(out[first:last].reshape(shape))
+            for size, first, last, shape in map_slices(batch, arguments.sizes, arguments.layout)}
 
 
 def triton_available() -> bool:

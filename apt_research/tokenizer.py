@@ -24,9 +24,11 @@ from .entropy import (
     Layout,
     denormalize_pixels,
     grid_shape,
-    numba_arguments,
+    kernel_arguments,
+    map_slices,
     numba_available,
     numba_failure,
+    numba_denormalize,
     numba_kernel,
     numba_pixels,
     pixel_strides,
@@ -45,9 +47,8 @@ class _NumbaPlan(NamedTuple):
     kernel: Callable  # _entropy_cpu.entropy_flat ("maps") or _grouping_cpu.tokenize ("forward"), or a serial twin
     unpack: Callable | None  # _grouping_cpu.outputs for "forward"
     channels_last: bool  # the pixels are read (B, H, W, C)
-    head: tuple  # the kernel's arguments from bins to pad_value
+    head: tuple  # the kernel's arguments from bins to pad_value (entropy.KernelArguments)
     tail: tuple  # its arguments after the normalisation's (denormalize, cells)
-    arguments: tuple  # numba_arguments' first result, for raise_for_status
     sizes: list
     layout: Layout
     maps: tuple  # (p_s, first cell, end, (B, h_s, w_s)) per scale
@@ -255,10 +256,10 @@ class PatchTokenizer(nn.Module):
         shift, scale = _unnormalisation(mean, std)
         self.register_buffer("unnorm_mean", shift.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("unnorm_std", scale.view(1, -1, 1, 1), persistent=False)
-        self._threshold_cache = None
+        self._threshold_cache = {}  # by device: (the thresholds' values, float32 tensor, its numpy array or None)
         self._plans = {}  # _NumbaPlan by everything the checks and the numba kernels' arguments depend on
 
-    _CACHES = {"_plans": dict, "_normalisation_views": lambda: None, "_threshold_cache": lambda: None}
+    _CACHES = {"_plans": dict, "_normalisation_views": lambda: None, "_threshold_cache": dict}
 
     def __getstate__(self) -> dict:
         # The caches hold compiled kernels, views of this process's memory and device copies, and are remade on
@@ -266,8 +267,21 @@ class PatchTokenizer(nn.Module):
         return {**self.__dict__, **{name: make() for name, make in self._CACHES.items()}}
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state.pop("_numba_cache", None)  # (a pickle from before the plans; its thresholds an attribute then)
+        if "thresholds" in state:
+            state["_thresholds"] = state.pop("thresholds")
         super().__setstate__(state)
-        self.__dict__.update({name: make() for name, make in self._CACHES.items()})  # (also a pickle from before)
+        self.__dict__.update({name: make() for name, make in self._CACHES.items()})
+
+    @property
+    def thresholds(self) -> list[float]:
+        """``thresholds[s - 1]`` belongs to scale s. Assigning checks the new ones as ``set_thresholds`` does."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, values) -> None:
+        self.set_thresholds(values)
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -288,7 +302,7 @@ class PatchTokenizer(nn.Module):
         if checked and self.pad_value < max(checked):
             raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
                              f"kept (the border rule); got pad_value={self.pad_value!r} below thresholds {checked}")
-        self.thresholds = checked
+        self._thresholds = checked
 
     def extra_repr(self) -> str:
         return (
@@ -333,7 +347,7 @@ class PatchTokenizer(nn.Module):
         except SystemError as error:
             out, status = None, numba_failure(error)
         if status != -1:
-            raise_for_status(status, True, plan.arguments)
+            raise_for_status(status, True, plan.head)
         maps = {}
         for size, first, last, shape in plan.maps:
             maps[size] = torch.from_numpy(out[first:last].reshape(shape))
@@ -466,16 +480,19 @@ class PatchTokenizer(nn.Module):
             return None
         buffers = self._buffers
         mean, std = buffers["unnorm_mean"], buffers["unnorm_std"]
-        # The normalisation's buffers as numpy arrays over their own memory, made again where a buffer changed
-        # other than in value (module.to(), .data = ..., set_(), as_strided_()): object, address, shape, strides
-        # or dtype. The views keep the old storage alive, so a new one cannot reuse its address. The values are
-        # read by the kernels on every call. (After a kernel has run, numpy() costs several microseconds.)
+        # The normalisation's buffers as flat numpy arrays over their own memory (contiguous float32 CPU buffers
+        # only), made again where a buffer changed other than in value (module.to(), .data = ..., set_(),
+        # as_strided_(), resize_()): its object, address, shape, strides or dtype. That check is what keeps the
+        # views right; the kernels read the values on every call. (After a kernel has run, each numpy() call
+        # costs several microseconds: the views save two per call.)
         views = self.__dict__.get("_normalisation_views")
         try:  # numpy() refuses what the kernels cannot read in place: CUDA, autograd, types numpy lacks
             state = (mean.data_ptr(), std.data_ptr(), mean.shape, std.shape, mean.stride(), std.stride(), mean.dtype,
                      std.dtype)
             if views is None or views[0] is not mean or views[1] is not std or views[2] != state:
-                views = (mean, std, state, mean.numpy(), std.numpy(), mean.untyped_storage(), std.untyped_storage())
+                if not all(buffer.dtype == torch.float32 and buffer.is_contiguous() for buffer in (mean, std)):
+                    return None
+                views = (mean, std, state, mean.numpy().reshape(-1), std.numpy().reshape(-1))
                 self.__dict__["_normalisation_views"] = views
             pixels = images.numpy()
         except (TypeError, RuntimeError):
@@ -504,11 +521,10 @@ class PatchTokenizer(nn.Module):
         read them and the normalisation's arrays. Kept for ``_planned`` where the kernels read ``images``' own
         memory (float32 or uint8, contiguous or channels-last)."""
         pixels, channels_last = numba_pixels(images)
-        buffers = self._buffers["unnorm_mean"], self._buffers["unnorm_std"]
-        mean, std = (buffer.detach().cpu().numpy() for buffer in buffers)
+        mean, std = numba_denormalize((self._buffers["unnorm_mean"], self._buffers["unnorm_std"]))
         batch, _, height, width = images.shape
-        arguments, (sizes, layout) = numba_arguments(batch, height, width, self.base_patch_size, self.num_scales,
-                                                     self.method_options["bins"], self.pad_value)
+        arguments = kernel_arguments(batch, height, width, self.base_patch_size, self.num_scales,
+                                     self.method_options["bins"], self.pad_value, True)
         if kind == "maps":
             from ._entropy_cpu import entropy_flat, entropy_flat_serial
 
@@ -517,9 +533,8 @@ class PatchTokenizer(nn.Module):
             from ._grouping_cpu import outputs, tokenize, tokenize_serial
 
             kernel, unpack = numba_kernel(tokenize, tokenize_serial), outputs
-        grids, ends = layout.grids, layout.cell_ends
-        plan = _NumbaPlan(kernel, unpack, channels_last, arguments[:9], (True, arguments[12]), arguments, sizes,
-                          layout, tuple((size, ends[s], ends[s + 1], (batch, *grids[s])) for s, size in enumerate(sizes)),
+        plan = _NumbaPlan(kernel, unpack, channels_last, arguments.head, arguments.tail, arguments.sizes,
+                          arguments.layout, map_slices(batch, arguments.sizes, arguments.layout),
                           pixel_strides(pixels, channels_last))
         if images.dtype in (torch.uint8, torch.float32) and not images.requires_grad:
             direct = images.numpy()
@@ -536,28 +551,31 @@ class PatchTokenizer(nn.Module):
         except SystemError as error:
             status = numba_failure(error)
         if status != -1:
-            raise_for_status(status, True, plan.arguments)
+            raise_for_status(status, True, plan.head)
         batch, channels = (pixels.shape[0], pixels.shape[3]) if channels_last else pixels.shape[:2]
         return plan.unpack(batch, channels, plan.sizes, self.base_patch_size, layout, *outputs)
 
-    def _thresholds_on(self, device) -> torch.Tensor:
-        """float32 ``(S,)`` on ``device``: entry s is scale s's threshold (entry 0 unused); checked and copied once
-        per setting (``thresholds`` may have been assigned directly, even as a tensor changed in place later)."""
-        try:
-            key = (tuple(map(float, self.thresholds)), self.num_scales, str(device))
-        except (TypeError, ValueError, RuntimeError):
-            key = None  # check_thresholds says what is wrong
-        if key is None or self._threshold_cache is None or self._threshold_cache[0] != key:
-            checked = check_thresholds(self.thresholds, self.num_scales)
+    def _threshold_entry(self, device) -> tuple:
+        """``(values, float32 (S,) tensor on device, its numpy array where the device is the CPU)``: entry s of the
+        tensor is scale s's threshold (entry 0 unused). Made once per setting and device, and checked then (the
+        list may have been changed in place)."""
+        device = str(device)
+        key = (tuple(self._thresholds), self.num_scales)
+        entry = self._threshold_cache.get(device)
+        if entry is None or entry[0] != key:
+            checked = check_thresholds(self._thresholds, self.num_scales)
             values = torch.tensor([0.0, *checked], dtype=torch.float32, device=device)
-            key = (tuple(checked), self.num_scales, str(device))
-            self._threshold_cache = (key, values, values.numpy() if values.device.type == "cpu" else None)
-        return self._threshold_cache[1]
+            entry = ((tuple(checked), self.num_scales), values, values.numpy() if values.device.type == "cpu" else None)
+            self._threshold_cache[device] = entry
+        return entry
+
+    def _thresholds_on(self, device) -> torch.Tensor:
+        """The thresholds as a float32 ``(S,)`` tensor on ``device`` (``_threshold_entry``)."""
+        return self._threshold_entry(device)[1]
 
     def _cpu_thresholds(self) -> np.ndarray:
-        """``_thresholds_on("cpu")`` as the numba kernels' numpy array (its memory: made once per setting)."""
-        self._thresholds_on("cpu")
-        return self._threshold_cache[2]
+        """The thresholds as the numba kernels' float32 numpy array (``_threshold_entry``)."""
+        return self._threshold_entry("cpu")[2]
 
     def _forward_triton(self, images, importance_maps) -> dict:
         """CUDA forward in a handful of launches and one host sync.

@@ -307,30 +307,32 @@ def test_images_a_plan_does_not_fit_take_the_full_path():
     transposed = images.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, column-major
     assert not transposed.is_contiguous() and torch.equal(transposed, images)
     for other in (transposed, images.double(), torch.nn.Parameter(images.clone()), images.clone().requires_grad_()):
+        assert tokenizer._planned("maps", other) is None and tokenizer._planned("forward", other) is None
         assert _same_maps(tokenizer.compute_importance_maps(other), expected_maps)
         with torch.no_grad():
             assert tokenizer(other)["seqlens"] == expected["seqlens"]
 
 
 def test_a_plan_follows_the_settings_it_was_made_under():
-    images = normalise(skimage_batch(64, 64, ["astronaut", "camera"]))
-    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    images = normalise(skimage_batch(64, 80, ["astronaut", "camera"]))
+    tokenizer = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], MEAN, STD)
     tokenizer(images), tokenizer.compute_importance_maps(images)
     tokenizer.method_options["bins"] = 64
-    fresh = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD, bins=64)
+    fresh = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], MEAN, STD, bins=64)
     assert _same_maps(tokenizer.compute_importance_maps(images), fresh.compute_importance_maps(images))
     assert _same_forward(tokenizer(images), fresh(images))
     tokenizer.pad_value = fresh.pad_value = 1e4
-    assert _same_maps(tokenizer.compute_importance_maps(images), fresh.compute_importance_maps(images))
+    maps = tokenizer.compute_importance_maps(images)
+    assert _same_maps(maps, fresh.compute_importance_maps(images)) and bool((maps[32] == 1e4).any())  # padded
     # The normalisation's buffer replaced through .data: the planned call reads the new one.
-    other = PatchTokenizer(3, 8, 64, [6.0, 5.0], [0.5, 0.4, 0.3], [0.25, 0.2, 0.3], bins=64, pad_value=1e4)
+    other = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], [0.5, 0.4, 0.3], [0.25, 0.2, 0.3], bins=64, pad_value=1e4)
     tokenizer.unnorm_mean.data = other.unnorm_mean.clone()
     tokenizer.unnorm_std.data = other.unnorm_std.clone()
     assert _same_maps(tokenizer.compute_importance_maps(images), other.compute_importance_maps(images))
     assert _same_forward(tokenizer(images), other(images))
     # A view of the same memory, at the same address, of one channel: the first channel's numbers for all.
     tokenizer.unnorm_mean.data, tokenizer.unnorm_std.data = tokenizer.unnorm_mean[:, :1], tokenizer.unnorm_std[:, :1]
-    first = PatchTokenizer(3, 8, 64, [6.0, 5.0], [0.5], [0.25], bins=64, pad_value=1e4)
+    first = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], [0.5], [0.25], bins=64, pad_value=1e4)
     assert _same_maps(tokenizer.compute_importance_maps(images), first.compute_importance_maps(images))
     tokenizer.unnorm_mean.data, tokenizer.unnorm_std.data = other.unnorm_mean.clone(), other.unnorm_std.clone()
     threads = torch.get_num_threads()
@@ -357,18 +359,39 @@ def test_a_plan_sees_the_normalisation_restrided_in_place():
     assert _same_maps(planned.compute_importance_maps(images), first.compute_importance_maps(images))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_a_tokenizer_of_another_precision_reads_its_normalisation_as_float32(dtype):
+    # tokenizer.half() / .double(): the CPU kernels read the buffers' values converted to float32, as before.
+    images = normalise(skimage_batch(64, 64, ["astronaut", "camera"]))
+    tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD).to(dtype)
+    reference = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
+    reference.unnorm_mean.data, reference.unnorm_std.data = tokenizer.unnorm_mean.float(), tokenizer.unnorm_std.float()
+    for _ in range(2):  # the full path, then the one a plan would take
+        assert _same_maps(tokenizer.compute_importance_maps(images), reference.compute_importance_maps(images))
+        assert _same_forward(tokenizer(images), reference(images))
+
+
 def test_thresholds_assigned_directly_are_checked_and_followed():
     images = normalise(skimage_batch(64, 64, ["astronaut"]))
     tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
     values = torch.tensor([0.5, 0.5])
-    tokenizer.thresholds = values
+    tokenizer.thresholds = values  # checked and copied as set_thresholds does
+    assert tokenizer.thresholds == [0.5, 0.5]
     assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [0.5, 0.5], MEAN, STD)(images)["seqlens"]
-    values.copy_(torch.tensor([6.0, 5.0]))  # changed in place: the next call follows
-    assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)(images)["seqlens"]
-    for bad, message in (([], "2 entries"), ([6.0], "2 entries"), ([float("nan"), 5.0], "finite"), (["a", 5.0], "numbers")):
-        tokenizer.thresholds = bad
+    values.copy_(torch.tensor([6.0, 5.0]))  # the caller's tensor is not the tokenizer's: nothing changes
+    assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [0.5, 0.5], MEAN, STD)(images)["seqlens"]
+    for bad, message in (([], "2 entries"), ([6.0], "2 entries"), ([float("nan"), 5.0], "finite"), (["a", 5.0], "numbers"),
+                         ([6.0, 2e6], "pad_value")):
         with pytest.raises((ValueError, TypeError), match=message):
-            tokenizer(images)
+            tokenizer.thresholds = bad
+        assert tokenizer.thresholds == [0.5, 0.5]  # a refused setting leaves the old one
+    tokenizer.thresholds[0] = 6.0  # the list changed in place: followed at the next call
+    assert tokenizer(images)["seqlens"] == PatchTokenizer(3, 8, 64, [6.0, 0.5], MEAN, STD)(images)["seqlens"]
+    tokenizer.thresholds[1] = float("nan")  # and checked there, on every path
+    maps = tokenizer.compute_importance_maps(images)
+    for call in (lambda: tokenizer(images), lambda: tokenizer(images.double()), lambda: tokenizer.construct_masks(maps)):
+        with pytest.raises(ValueError, match="finite"):
+            call()
     tokenizer.thresholds = [6.0, 5.0]
     tokenizer.image_size = [64, 32]  # a list, as a careless user assigns it: the full path's message
     with pytest.raises(ValueError, match="image_size"):
@@ -385,12 +408,15 @@ def test_a_pickled_tokenizer_leaves_its_plans_behind():
     assert tokenizer._plans and not copy._plans and copy.__dict__["_normalisation_views"] is None
     assert _same_forward(copy(images), expected)
     assert _same_forward(copy(images), expected)  # and planned again
-    # A tokenizer pickled by an earlier version: no plans, a threshold cache of another shape.
+    # A tokenizer pickled by an earlier version: no plans, its argument cache, the thresholds an attribute, a
+    # threshold cache of another shape.
     old_state = {key: value for key, value in tokenizer.__dict__.items() if key not in ("_plans", "_normalisation_views")}
+    old_state["thresholds"] = old_state.pop("_thresholds")
+    old_state["_numba_cache"] = {}
     old_state["_threshold_cache"] = (((6.0, 5.0), "cpu"), torch.tensor([0.0, 6.0, 5.0]))
     old = PatchTokenizer.__new__(PatchTokenizer)
     old.__setstate__(old_state)
-    assert _same_forward(old(images), expected)
+    assert _same_forward(old(images), expected) and old.thresholds == [6.0, 5.0] and "_numba_cache" not in old.__dict__
 
 
 def test_the_numba_path_follows_every_change_of_the_tokenizer():
