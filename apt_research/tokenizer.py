@@ -475,7 +475,8 @@ class PatchTokenizer(nn.Module):
 
         The key is everything the input checks, the choice of the numba path and the kernels' arguments depend
         on, bar the values of the pixels and of the normalisation (which the kernels read on every call): the
-        images' shape, strides and dtype, and the settings. Per call this costs one dict look-up."""
+        images' shape, strides and dtype, and the settings. Per call this costs the images' numpy view, a look
+        at the buffers' identity and layout, and one dict look-up."""
         if type(images) is not torch.Tensor:
             return None
         buffers = self._buffers
@@ -487,6 +488,7 @@ class PatchTokenizer(nn.Module):
         # costs several microseconds: the views save two per call.)
         views = self.__dict__.get("_normalisation_views")
         try:  # numpy() refuses what the kernels cannot read in place: CUDA, autograd, types numpy lacks
+            pixels = images.numpy()  # (first: CUDA images leave here)
             state = (mean.data_ptr(), std.data_ptr(), mean.shape, std.shape, mean.stride(), std.stride(), mean.dtype,
                      std.dtype)
             if views is None or views[0] is not mean or views[1] is not std or views[2] != state:
@@ -494,7 +496,6 @@ class PatchTokenizer(nn.Module):
                     return None
                 views = (mean, std, state, mean.numpy().reshape(-1), std.numpy().reshape(-1))
                 self.__dict__["_normalisation_views"] = views
-            pixels = images.numpy()
         except (TypeError, RuntimeError):
             return None
         mean, std = views[3], views[4]
