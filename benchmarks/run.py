@@ -274,33 +274,46 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
     ]
     records = []
     default = torch.get_num_threads()
-    for (base, size, thresholds), count in ((row, count) for row in rows for count in (default, 1)):
+    for base, size, thresholds in rows:
         images = normalised(real_batch(size, batch))
         tokenizer = PatchTokenizer(3, base, size, list(thresholds), MEAN, STD)
         singles = [images[i : i + 1].clone() for i in range(batch)]
+        for count in (default, 1):
+            lines.append(_one_image_row(tokenizer, images, singles, base, size, count, repeats, records))
+            print(lines[-1], flush=True)
+    lines += _decode_comparison(results, records, default, repeats)
+    return "\n".join(lines)
 
-        def each(function):
-            return lambda: [function(image) for image in singles]
 
-        with torch_threads(count):
-            best = alternately({
-                "maps_batch": lambda: tokenizer.compute_importance_maps(images),
-                "maps_one": each(tokenizer.compute_importance_maps),
-                "fwd_batch": lambda: tokenizer(images),
-                "fwd_one": each(tokenizer),
-            }, repeats=repeats)
-        maps_batch, maps_one, fwd_batch, fwd_one = (best[key] for key in ("maps_batch", "maps_one", "fwd_batch",
-                                                                          "fwd_one"))
-        record = dict(base=base, size=size, threads=count, maps_batch_ms=1000 * maps_batch / batch,
-                      maps_one_ms=1000 * maps_one / batch, forward_batch_ms=1000 * fwd_batch / batch,
-                      forward_one_ms=1000 * fwd_one / batch)
-        record["maps_ratio"] = record["maps_one_ms"] / record["maps_batch_ms"]
-        record["forward_ratio"] = record["forward_one_ms"] / record["forward_batch_ms"]
-        records.append(record)
-        lines.append(f"| {base}, {size} | {count} | {record['maps_batch_ms']:.3f} | {record['maps_one_ms']:.3f} "
-                     f"| **{record['maps_ratio']:.2f}** | {record['forward_batch_ms']:.3f} "
-                     f"| {record['forward_one_ms']:.3f} | **{record['forward_ratio']:.2f}** |")
-        print(lines[-1], flush=True)
+def _one_image_row(tokenizer, images, singles, base, size, count, repeats, records) -> str:
+    """One row of ``one_image_section``: ``singles`` one at a time against ``images`` in one call, with ``count``
+    threads; its figures appended to ``records``."""
+    batch = len(singles)
+
+    def each(function):
+        return lambda: [function(image) for image in singles]
+
+    with torch_threads(count):
+        best = alternately({
+            "maps_batch": lambda: tokenizer.compute_importance_maps(images),
+            "maps_one": each(tokenizer.compute_importance_maps),
+            "fwd_batch": lambda: tokenizer(images),
+            "fwd_one": each(tokenizer),
+        }, repeats=repeats)
+    record = dict(base=base, size=size, threads=count, maps_batch_ms=1000 * best["maps_batch"] / batch,
+                  maps_one_ms=1000 * best["maps_one"] / batch, forward_batch_ms=1000 * best["fwd_batch"] / batch,
+                  forward_one_ms=1000 * best["fwd_one"] / batch)
+    record["maps_ratio"] = record["maps_one_ms"] / record["maps_batch_ms"]
+    record["forward_ratio"] = record["forward_one_ms"] / record["forward_batch_ms"]
+    records.append(record)
+    return (f"| {base}, {size} | {count} | {record['maps_batch_ms']:.3f} | {record['maps_one_ms']:.3f} "
+            f"| **{record['maps_ratio']:.2f}** | {record['forward_batch_ms']:.3f} "
+            f"| {record['forward_one_ms']:.3f} | **{record['forward_ratio']:.2f}** |")
+
+
+def _decode_comparison(results: dict, records: list, default: int, repeats: int) -> list[str]:
+    """One 224 image's maps against a PIL decode + resize of a 512x512 JPEG (``one_image_section``'s second
+    table); stores the section's figures in ``results``."""
     data = jpeg_bytes(512)
     decode_s, decoded = timed(decode_and_resize, data, 224, repeats=10 * repeats)
     tokenizer = PatchTokenizer(3, 14, 224, [6.0, 5.0], MEAN, STD)
@@ -314,7 +327,7 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
                                 maps_normalised_ms=1000 * maps_s[default][0], maps_uint8_ms=1000 * maps_s[default][1],
                                 maps_normalised_one_thread_ms=1000 * maps_s[1][0],
                                 maps_uint8_one_thread_ms=1000 * maps_s[1][1])
-    lines += [
+    lines = [
         "",
         "| one 224x224 image, base patch 14, 3 scales | ms | / PIL decode + resize (target <= 0.1) |",
         "|---|---|---|",
@@ -326,7 +339,7 @@ def one_image_section(results: dict, rows=TOKENIZER_ROWS, batch=64, repeats=12) 
                                ("`compute_patch_entropy_batched` (the decoded uint8 pixels)", maps_s[count][1])):
             lines.append(f"| maps, {label}, {count} thread{'s' if count > 1 else ''} | {1000 * seconds:.3f} "
                          f"| **{seconds / decode_s:.3f}** |")
-    return "\n".join(lines)
+    return lines
 
 
 class JpegFiles(torch.utils.data.Dataset):
