@@ -12,9 +12,10 @@ two sets of sparse lists of at most one entry per pixel of the band.
 The grayscale value and the bin are formed in float32 in the same order as the
 plain torch path (``R*0.2989 + G*0.5870 + B*0.1140``, then ``v*bins/255``; the numbers come from
 ``contract.py``),
-so the histograms equal ``torch.histc``'s; the entropy is summed in float64
-from the exact counts (in four partial sums), which agrees with the float32
-reference within its own rounding (below 1e-5 bits).
+so the histograms equal ``torch.histc``'s; each count's term ``-p log2(p + 1e-10)`` comes from a table
+formed in float32 as the reference forms it (``entropy._entropy_tables``: a flat patch scores exactly 0), and
+the terms are summed in float64 (in four partial sums), which agrees with the float32 reference's sum
+within its own rounding (below 1e-5 bits).
 
 Indices in the counting loops are unsigned (uint16 bins, uint32 counts, np.uintp positions): numba tests
 every signed index for a negative value (Python's wraparound), three more instructions on each histogram

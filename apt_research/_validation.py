@@ -156,8 +156,9 @@ def check_images(images, name: str = "images", *, pixel_range: bool = True, valu
 
 
 def check_thresholds(thresholds, num_scales: int, name: str = "thresholds") -> list[float]:
-    """Check a list of ``num_scales - 1`` finite thresholds and return it as floats."""
-    if isinstance(thresholds, torch.Tensor):
+    """Check a list of ``num_scales - 1`` finite thresholds (real numbers: Python's, numpy's; or a 1-d tensor or
+    array) and return it as floats."""
+    if isinstance(thresholds, torch.Tensor) or type(thresholds).__module__ == "numpy":
         thresholds = thresholds.tolist()
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
         raise TypeError(
@@ -170,11 +171,15 @@ def check_thresholds(thresholds, num_scales: int, name: str = "thresholds") -> l
         )
     values = []
     for value in thresholds:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must hold numbers, got {value!r} in {list(thresholds)!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
             raise ValueError(f"{name} must be finite, got {value!r} in {list(thresholds)!r}")
-        values.append(float(value))
+        values.append(number)
     return values
 
 

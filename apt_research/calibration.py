@@ -20,7 +20,6 @@ whose selection fits the budget, per image).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,13 +66,22 @@ def _scores(map_list, size, pad_value):
     return values[values < pad_value].numpy()
 
 
+def _just_above(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The next number above each score in the maps' own precision: the selection compares a float32 map with
+    its threshold in float32, where float64's next number would round back to the score and not keep it."""
+    if dtype == torch.float64:
+        return np.nextafter(values, np.inf)
+    return np.nextafter(values.astype(np.float32), np.float32(np.inf)).astype(np.float64)
+
+
 def _candidates(map_list, strategy, pad_value):
     """Sorted candidate settings (an increasing parameter) and how to turn one into thresholds."""
     sizes = sorted(map_list[0])[1:]
+    dtype = map_list[0][sizes[0]].dtype if sizes else torch.float32
     if strategy == "shared":
         values = np.unique(np.concatenate([_scores(map_list, s, pad_value) for s in sizes]))
         # A threshold just above a score keeps that patch; start below every score (keeps no large patch).
-        cuts = np.concatenate([[values[0] - 1.0], np.nextafter(values, np.inf)]) if values.size else np.array([0.0])
+        cuts = np.concatenate([[values[0] - 1.0], _just_above(values, dtype)]) if values.size else np.array([0.0])
         return cuts, lambda cut: [float(cut)] * len(sizes)
     per_scale = [np.sort(_scores(map_list, s, pad_value)) for s in sizes]
     quantiles = np.linspace(0.0, 1.0, 1001)
@@ -81,11 +89,11 @@ def _candidates(map_list, strategy, pad_value):
     def thresholds(q):
         out = []
         for values in per_scale:
-            if values.size == 0:
-                out.append(-math.inf)
+            if values.size == 0:  # every patch of the scale is padded: none can be kept, whatever the threshold
+                out.append(min(0.0, float(pad_value)))
                 continue
             index = int(round(q * values.size))
-            out.append(float(values[0] - 1.0) if index == 0 else float(np.nextafter(values[index - 1], np.inf)))
+            out.append(float(values[0] - 1.0) if index == 0 else float(_just_above(values[index - 1 : index], dtype)[0]))
         return out
 
     return quantiles, thresholds

@@ -127,12 +127,16 @@ def _entropy_maps_torch(images, patch_size, num_scales, bins, pad_value):
 
 @functools.lru_cache(maxsize=64)
 def _entropy_tables(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``-(c/N) log2(c/N + 1e-10)`` for c = 0..N, N = p_s**2, every scale, concatenated; and where each starts."""
+    """``-(c/N) log2(c/N + 1e-10)`` for c = 0..N, N = p_s**2, every scale, concatenated; and where each starts.
+
+    Each term is formed in float32 as ``entropy_from_counts`` forms it (the numba kernel then sums them in
+    float64): a flat patch (c = N) then scores exactly 0, as in the reference, where ``1 + 1e-10`` is 1 in
+    float32; in float64 it would score -1.4e-10, and a threshold of 0 would keep it."""
     tables, starts, start = [], [], 0
     for size in sizes:
         pixels = size * size
-        prob = np.arange(pixels + 1, dtype=np.float64) / pixels
-        tables.append(-prob * np.log2(prob + LOG_EPSILON))
+        prob = np.arange(pixels + 1, dtype=np.float32) / np.float32(pixels)
+        tables.append((-(prob * np.log2(prob + np.float32(LOG_EPSILON)))).astype(np.float64))
         starts.append(start)
         start += pixels + 1
     return np.concatenate(tables), np.asarray(starts, dtype=np.int64)

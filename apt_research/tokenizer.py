@@ -55,6 +55,13 @@ class _NumbaPlan(NamedTuple):
     strides: tuple  # the pixels' element strides (entropy.pixel_strides)
 
 
+def _check_border_rule(thresholds: list[float], pad_value: float) -> None:
+    """``pad_value`` must be at least every threshold, so that padded border patches are never kept."""
+    if thresholds and pad_value < max(thresholds):
+        raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
+                         f"kept (the border rule); got pad_value={pad_value!r} below thresholds {list(thresholds)}")
+
+
 def _pair(name: str, value) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
@@ -269,8 +276,9 @@ class PatchTokenizer(nn.Module):
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
         state.pop("_numba_cache", None)  # (a pickle from before the plans; its thresholds an attribute then)
-        if "thresholds" in state:
-            state["_thresholds"] = state.pop("thresholds")
+        for name in ("thresholds", "pad_value"):
+            if name in state:
+                state["_" + name] = state.pop(name)
         super().__setstate__(state)
         self.__dict__.update({name: make() for name, make in self._CACHES.items()})
 
@@ -282,6 +290,17 @@ class PatchTokenizer(nn.Module):
     @thresholds.setter
     def thresholds(self, values) -> None:
         self.set_thresholds(values)
+
+    @property
+    def pad_value(self) -> float:
+        """The score of padded border patches. Assigning checks it (finite float32, at least every threshold)."""
+        return self._pad_value
+
+    @pad_value.setter
+    def pad_value(self, value) -> None:
+        value = check_pad_value(value)
+        _check_border_rule(self.__dict__.get("_thresholds", []), value)
+        self._pad_value = value
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
         """Use ``thresholds`` from now on, checked as the constructor checks them.
@@ -299,9 +318,7 @@ class PatchTokenizer(nn.Module):
             the tokenizer keeps its previous thresholds.
         """
         checked = check_thresholds(thresholds, self.num_scales)
-        if checked and self.pad_value < max(checked):
-            raise ValueError(f"pad_value must be at least every threshold, so that padded border patches are never "
-                             f"kept (the border rule); got pad_value={self.pad_value!r} below thresholds {checked}")
+        _check_border_rule(checked, self._pad_value)
         self._thresholds = checked
 
     def extra_repr(self) -> str:
@@ -385,6 +402,7 @@ class PatchTokenizer(nn.Module):
 
     def _select(self, importance_maps):
         """Masks, and the kept patches per image and scale ``(B, S)`` on the device and on the host (one sync)."""
+        _check_border_rule(self.thresholds, self._pad_value)  # (the list may have been changed in place)
         masks = select_patches_by_threshold(importance_maps, self.thresholds)
         counts = torch.stack([masks[size].flatten(1).sum(1) for size in self.patch_sizes], dim=1).long()
         return masks, counts, counts.cpu()
@@ -501,7 +519,7 @@ class PatchTokenizer(nn.Module):
         mean, std = views[3], views[4]
         options = self.method_options
         key = (kind, pixels.shape, pixels.strides, pixels.dtype, mean.shape, std.shape, torch.get_num_threads() > 1,
-               self.scorer.function, options.get("backend"), options.get("bins"), self.pad_value, self.image_size,
+               self.scorer.function, options.get("backend"), options.get("bins"), self._pad_value, self.image_size,
                self.base_patch_size, self.num_scales)
         plans = self._plans
         try:  # (a setting of a type that cannot be hashed, e.g. image_size a list: the full path checks it)
@@ -561,12 +579,14 @@ class PatchTokenizer(nn.Module):
         tensor is scale s's threshold (entry 0 unused). Made once per setting and device, and checked then (the
         list may have been changed in place)."""
         device = str(device)
-        key = (tuple(self._thresholds), self.num_scales)
+        key = (tuple(self._thresholds), self.num_scales, self._pad_value)
         entry = self._threshold_cache.get(device)
         if entry is None or entry[0] != key:
             checked = check_thresholds(self._thresholds, self.num_scales)
+            _check_border_rule(checked, self._pad_value)
             values = torch.tensor([0.0, *checked], dtype=torch.float32, device=device)
-            entry = ((tuple(checked), self.num_scales), values, values.numpy() if values.device.type == "cpu" else None)
+            key = (tuple(checked), self.num_scales, self._pad_value)
+            entry = (key, values, values.numpy() if values.device.type == "cpu" else None)
             self._threshold_cache[device] = entry
         return entry
 

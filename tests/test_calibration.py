@@ -1,5 +1,7 @@
 """Calibration to a token budget on real images, and the per-image budget mode."""
 
+import math
+
 import pytest
 import torch
 
@@ -101,3 +103,23 @@ def test_calibration_spec_errors(spec, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         load_spec({"name": "calibration", **spec})
+
+
+@pytest.mark.parametrize("strategy", ["shared", "per_scale_quantile"])
+def test_a_threshold_just_above_a_float32_score_keeps_it(strategy):
+    # One large patch scoring 3.0 over four base patches: keeping it (retention 0.25) needs a threshold above
+    # 3.0 in float32, where the selection compares; float64's next number above 3.0 rounds back to 3.0.
+    maps = {16: torch.full((1, 2, 2), 5.0), 32: torch.full((1, 1, 1), 3.0)}
+    result = calibrate_thresholds(maps, 0.25, strategy)
+    assert result.achieved_retention == 0.25 and result.within_tolerance, result
+    assert _retention(maps, result.thresholds) == 0.25
+
+
+def test_per_scale_quantile_with_a_scale_all_padding():
+    # 100 px at base 16 and 4 scales: the 128-px scale has one patch, padded (score pad_value): none can be
+    # kept, and the thresholds must still be a usable, finite setting.
+    images = skimage_batch(100, 100, ["astronaut", "camera"])
+    maps = compute_importance_maps(images, "entropy", 16, 4)
+    result = calibrate_thresholds(maps, 0.5, strategy="per_scale_quantile")
+    assert all(map(math.isfinite, result.thresholds)) and len(result.thresholds) == 3
+    assert abs(_retention(maps, result.thresholds) - result.achieved_retention) < 1e-9

@@ -393,6 +393,15 @@ def test_thresholds_assigned_directly_are_checked_and_followed():
         with pytest.raises(ValueError, match="finite"):
             call()
     tokenizer.thresholds = [6.0, 5.0]
+    tokenizer.thresholds[0] = 2e6  # above pad_value, in place: the border rule, at the next call on every path
+    for call in (lambda: tokenizer(images), lambda: tokenizer(images.double()), lambda: tokenizer.construct_masks(maps)):
+        with pytest.raises(ValueError, match="border rule"):
+            call()
+    tokenizer.thresholds = [6.0, 5.0]
+    for bad, error in ((1.0, "border rule"), (float("nan"), "NaN"), (None, "real number")):
+        with pytest.raises((ValueError, TypeError), match=error):
+            tokenizer.pad_value = bad
+    assert tokenizer.pad_value == 1e6
     tokenizer.image_size = [64, 32]  # a list, as a careless user assigns it: the full path's message
     with pytest.raises(ValueError, match="image_size"):
         tokenizer.compute_importance_maps(images)
@@ -411,7 +420,7 @@ def test_a_pickled_tokenizer_leaves_its_plans_behind():
     # A tokenizer pickled by an earlier version: no plans, its argument cache, the thresholds an attribute, a
     # threshold cache of another shape.
     old_state = {key: value for key, value in tokenizer.__dict__.items() if key not in ("_plans", "_normalisation_views")}
-    old_state["thresholds"] = old_state.pop("_thresholds")
+    old_state["thresholds"], old_state["pad_value"] = old_state.pop("_thresholds"), old_state.pop("_pad_value")
     old_state["_numba_cache"] = {}
     old_state["_threshold_cache"] = (((6.0, 5.0), "cpu"), torch.tensor([0.0, 6.0, 5.0]))
     old = PatchTokenizer.__new__(PatchTokenizer)
