@@ -11,6 +11,7 @@ import numbers
 import warnings
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .contract import COARSEST_PATCH_RATIO, MAX_BINS, SMALL_IMAGE_PATCH_LIMIT
@@ -158,7 +159,7 @@ def check_images(images, name: str = "images", *, pixel_range: bool = True, valu
 def check_thresholds(thresholds, num_scales: int, name: str = "thresholds") -> list[float]:
     """Check a list of ``num_scales - 1`` finite thresholds (real numbers: Python's, numpy's; or a 1-d tensor or
     array) and return it as floats."""
-    if isinstance(thresholds, torch.Tensor) or type(thresholds).__module__ == "numpy":
+    if isinstance(thresholds, (torch.Tensor, np.ndarray)):
         thresholds = thresholds.tolist()
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
         raise TypeError(

@@ -585,7 +585,6 @@ class PatchTokenizer(nn.Module):
             checked = check_thresholds(self._thresholds, self.num_scales)
             _check_border_rule(checked, self._pad_value)
             values = torch.tensor([0.0, *checked], dtype=torch.float32, device=device)
-            key = (tuple(checked), self.num_scales, self._pad_value)
             entry = (key, values, values.numpy() if values.device.type == "cpu" else None)
             self._threshold_cache[device] = entry
         return entry
