@@ -26,20 +26,30 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba import types as nt
 
-from ._numba import serial_twin
+from ._numba import kernel, serial_twin
 from .contract import GRAY_WEIGHTS, MAX_PIXEL
 
-# float32 globals: numba freezes them into the compiled kernels, in float32 arithmetic. Its on-disk cache is
-# keyed on the file of each compiled function only, so after editing contract.py remove this package's
-# __pycache__ (or touch this file); after editing this file, also _grouping_cpu.py's drivers, which compile
-# entropy_flat in (a clean clone is unaffected).
+# float32 globals: numba freezes them into the compiled kernels, in float32 arithmetic (the kernel cache's key
+# hashes contract.py's source with the kernels', see _numba.py).
 _R, _G, _B = (np.float32(weight) for weight in GRAY_WEIGHTS)
+
+# The argument types the kernels are called with from Python (``_numba.kernel``: compiled for these only).
+PIXELS = (nt.uint8[:, :, :, ::1], nt.float32[:, :, :, ::1])  # (B, C, H, W) or (B, H, W, C), as stored
+LAYOUT = nt.Array(nt.int64, 1, "C", readonly=True)  # entropy.flat_layout's rows, cols and offsets
+# The normalisation's (shift, scale): given arrays (3,), or a tokenizer's buffers (1, 3, 1, 1) read in place.
+NORMALISATION = (nt.float32[::1], nt.float32[:, :, :, ::1])
+ENTROPY_FLAT = tuple(
+    (pixels, nt.boolean, nt.int64, nt.int64, nt.int64, LAYOUT, LAYOUT, LAYOUT, nt.float64[::1], nt.int64[::1],
+     nt.float32, normalisation, normalisation, nt.boolean, nt.int64)
+    for pixels in PIXELS for normalisation in NORMALISATION)
+HISTOGRAMS = tuple((pixels, nt.int64, nt.int64, nt.int64, nt.int64, nt.int32[:, :, :, ::1]) for pixels in PIXELS)
 _MAX_PIXEL = np.float32(MAX_PIXEL)
 _ZERO = np.float32(0.0)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _channel(value, shift, scale, denormalize):
     """A pixel value in [0, 255]: as stored, or ``clamp((x - shift) / scale * 255, 0, 255)`` in float32."""
     if denormalize:
@@ -48,7 +58,7 @@ def _channel(value, shift, scale, denormalize):
     return np.float32(value)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _gray(r, g, b, shift, scale, denormalize):
     """The grayscale value of one RGB pixel (``shift`` / ``scale``: three scalars each), left to right in float32."""
     return (
@@ -58,7 +68,7 @@ def _gray(r, g, b, shift, scale, denormalize):
     )
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _bin(gray, bins_f, last_f):
     """``min(floor(gray * bins / 255), bins - 1)`` in float32, as a uint16 (bins <= 4096); bin 0 for NaN
     (reported by the caller, never used).
@@ -71,7 +81,7 @@ def _bin(gray, bins_f, last_f):
     return np.uint16(scaled if scaled < last_f else last_f)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(error_model="numpy", inline="always")
 def _bin_rgb_row(red, green, blue, stride, shifts, scales, denormalize, bins, out_row):
     """Bins of one row of RGB pixels into ``out_row``; whether the row holds a NaN or an infinite value.
 
@@ -98,7 +108,7 @@ def _bin_rgb_row(red, green, blue, stride, shifts, scales, denormalize, bins, ou
     return poison
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(error_model="numpy", inline="always")
 def _bin_gray_row(values, stride, shift, scale, denormalize, bins, out_row):
     """``_bin_rgb_row`` for one-channel images: value x is ``values[stride * x]``."""
     bins_f, last_f = np.float32(bins), np.float32(bins - 1)
@@ -116,7 +126,7 @@ def _bin_gray_row(values, stride, shift, scale, denormalize, bins, out_row):
     return poison
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _image_shape(images, channels_last):
     """Channels, height and width of ``images``: (B, C, H, W), or (B, H, W, C) with ``channels_last``."""
     if channels_last:
@@ -124,7 +134,7 @@ def _image_shape(images, channels_last):
     return images.shape[1], images.shape[2], images.shape[3]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _band_bins(images, channels_last, b, y0, rows, bins, shifts, scales, denormalize, band):
     """Bins of the pixels of rows ``y0 .. y0 + rows`` of image b into ``band`` (rows x padded width); padding is 0.
 
@@ -161,7 +171,7 @@ def _band_bins(images, channels_last, b, y0, rows, bins, shifts, scales, denorma
     return poison
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _entropy_of_touched(hist, touched, n_touched, tables, table_start, store, sparse_bins, sparse_counts, fill):
     """Entropy of the histogram ``hist`` over its ``n_touched`` non-empty bins ``touched[:n_touched]``
     (summed in float64, in four partial sums over every fourth bin), clearing them; with ``store`` also
@@ -207,7 +217,7 @@ def _entropy_of_touched(hist, touched, n_touched, tables, table_start, store, sp
     return total, fill
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _count(k, amount, hist, touched, n_touched):
     """Add ``amount`` to bin ``k`` of ``hist``, noting ``k`` in ``touched`` if the bin was empty; returns the
     new number of noted bins. Branch-free: ``touched[n_touched]`` is written either way."""
@@ -217,7 +227,7 @@ def _count(k, amount, hist, touched, n_touched):
     return n_touched
 
 
-@njit(cache=True)
+@njit
 def _scale0(band, size, rows0, cols0, hist, touched, tables, table_start, store, sparse_bins, sparse_counts,
             sparse_start, totals):
     """Entropies of every scale-0 patch of the band into ``totals`` (rows0 x cols0, row-major) and, with
@@ -258,7 +268,7 @@ def _scale0(band, size, rows0, cols0, hist, touched, tables, table_start, store,
         sparse_start[rows0 * cols0] = fill
 
 
-@njit(cache=True)
+@njit
 def _merge(rows_s, cols_s, hist, touched, tables, table_start, store, child_bins, child_counts, child_start,
            parent_bins, parent_counts, parent_start, totals):
     """Entropies of the patches of a scale above 0 from their four children's sparse histograms."""
@@ -281,7 +291,7 @@ def _merge(rows_s, cols_s, hist, touched, tables, table_start, store, child_bins
         parent_start[rows_s * cols_s] = fill
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def entropy_maps_kernel(
     images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value, shifts, scales,
     denormalize, out, bad_bands,
@@ -363,7 +373,7 @@ def entropy_maps_kernel(
     return out
 
 
-@njit(cache=True, parallel=True)
+@kernel(*HISTOGRAMS, parallel=True)
 def histograms_kernel(images, bins, size, rows, cols, out):
     """Per-patch histograms of one scale: ``out`` is (B, rows, cols, bins) int32, zeroed."""
     batch, channels, height, width = images.shape
@@ -393,7 +403,7 @@ histograms_kernel_serial = serial_twin(histograms_kernel, "histograms_kernel_ser
 _UNFINISHED = 2  # a task's ``bad_bands`` entry until it is done
 
 
-@njit(cache=True)
+@njit
 def three_float32(values):
     """One or three per-channel numbers (an array of any shape and float dtype) as float32 ``(3,)``, one value
     repeated (as torch broadcasts one number over three channels), made here so that a caller can pass the
@@ -407,7 +417,7 @@ def three_float32(values):
     return out
 
 
-@njit(cache=True)
+@kernel(*ENTROPY_FLAT)
 def entropy_flat(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets,
                  pad_value, shifts, scales, denormalize, cells):
     """Allocate the flat maps (``cells`` float32) and fill them with ``entropy_maps_kernel`` (``entropy_flat_serial``:

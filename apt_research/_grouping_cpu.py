@@ -18,9 +18,7 @@ place, planar ``(B, C, H, W)`` or channels-last (a decoded image's ``permute(2, 
 A call costs a few numpy and torch steps besides the kernels, so that one image at a
 time (a data-loader transform) costs little more per image than a batch.
 
-numba's on-disk cache is keyed on the file of each compiled function only: ``tokenize`` compiles
-``_entropy_cpu.entropy_flat`` in, and the kernels freeze ``contract.CLASS_TOKEN``, so after editing
-``_entropy_cpu.py`` or ``contract.py`` remove this package's ``__pycache__`` (a clean clone is unaffected).
+The kernels are compiled and cached as ``_numba`` says (one build, by one process, per version and CPU).
 """
 
 from __future__ import annotations
@@ -28,16 +26,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 from numba import njit, prange
+from numba import types as nt
 
-from ._entropy_cpu import _image_shape, entropy_flat, entropy_flat_serial
-from ._numba import serial_twin
+from ._entropy_cpu import ENTROPY_FLAT, LAYOUT, _image_shape, entropy_flat, entropy_flat_serial
+from ._numba import kernel, serial_twin
 from .contract import CLASS_TOKEN
 from .entropy import flat_layout, numba_kernel, numba_pixels, pixel_strides
+
+# The argument types the kernels are called with from Python (``_numba.kernel``): float32 pixels, flat.
+_STRIDES = nt.UniTuple(nt.int64, 4)
+_GROUPING = (nt.float32[::1], _STRIDES, nt.int64, nt.int64, nt.int64, nt.int64, nt.int64)  # src .. base
+GROUP_ALL = ((*_GROUPING, nt.uint8[::1], LAYOUT, LAYOUT, LAYOUT, LAYOUT, nt.int64[::1], nt.int64[:, ::1],
+              nt.int64[::1], nt.int64[:, ::1], nt.boolean),)
+SELECT_AND_GROUP = ((nt.float32[::1], nt.float32[::1], *_GROUPING[:6], nt.int64, LAYOUT, LAYOUT, LAYOUT, LAYOUT),)
+TOKENIZE = tuple((*signature, nt.float32[::1], nt.float32[::1], _STRIDES, LAYOUT)
+                 for signature in ENTROPY_FLAT if signature[0].dtype == nt.float32)
 
 _QUARTER = np.float32(0.25)
 
 
-@njit(cache=True)
+@njit
 def select_kernel(flat, thresholds, batch, rows, cols, offsets, row_offsets, masks, keep, counts, row_starts,
                   cu_seqlens, packed_starts):
     """Masks of every scale from the flat maps, coarsest scale first, and the packed sequence's layout.
@@ -90,7 +98,7 @@ def select_kernel(flat, thresholds, batch, rows, cols, offsets, row_offsets, mas
             before += counts[b, scale]
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _read(src, origin, row, step, y, x, height, width):
     """The value at (y, x) of one channel plane that starts at ``origin``; 0 outside the image."""
     if y < height and x < width:
@@ -98,7 +106,7 @@ def _read(src, origin, row, step, y, x, height, width):
     return np.float32(0.0)
 
 
-@njit(cache=True)
+@njit
 def _write_border_patch(src, strides, height, width, channels, b, y0, x0, size, base, small, large, n, block0):
     """Patch n, which sticks out of the image (pixels outside read as 0): its resized copy into
     ``small`` (slot n) and, above scale 0, its base patches into ``large`` (from base patch ``block0``)."""
@@ -129,14 +137,14 @@ def _write_border_patch(src, strides, height, width, channels, b, y0, x0, size, 
                     large[block + dy * base + dx] = _read(src, origin, row, step, y, x, height, width)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _copy(src, start, step, dst, out, count):
     """``dst[out + k] = src[start + k * step]`` for k < count (flat arrays, unsigned offsets)."""
     for k in range(count):
         dst[out + k] = src[start + k * step]
 
 
-@njit(cache=True)
+@njit
 def _group_row(src, strides, height, width, channels, keep_row, cols, size, base, b, i, n, block, small, large,
                boxes, token, packed_boxes, labels, label):
     """The kept patches of grid row i (scale of patch side ``size``) of image b: the first to slot n of
@@ -193,7 +201,7 @@ def _group_row(src, strides, height, width, channels, keep_row, cols, size, base
         block += factor * factor if factor > 1 else 0
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def group_kernel(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets,
                  row_starts, slots, blocks, small, large, boxes, packed_starts, packed_boxes, labels, cu_seqlens):
     """Write every kept patch of every scale to its slot.
@@ -249,7 +257,7 @@ def group_kernel(src, strides, height, width, channels, batch, base, keep, offse
 group_kernel_serial = serial_twin(group_kernel, "group_kernel_serial")
 
 
-@njit(cache=True)
+@kernel(*GROUP_ALL)
 def group_all(src, strides, height, width, channels, batch, base, keep, offsets, rows, cols, row_offsets, row_starts,
               counts, cu_seqlens, packed_starts, packed):
     """Allocate the outputs of ``group_kernel`` (every scale in one array each) and fill them (``group_all_serial``:
@@ -283,7 +291,7 @@ def group_all(src, strides, height, width, channels, batch, base, keep, offsets,
 group_all_serial = serial_twin(group_all, "group_all_serial", group_kernel=group_kernel_serial)
 
 
-@njit(cache=True)
+@kernel(*SELECT_AND_GROUP)
 def select_and_group(flat, thresholds, src, strides, height, width, channels, batch, base, offsets, rows, cols,
                      row_offsets):
     """``select_kernel`` then ``group_all`` (``select_and_group_serial``: its serial twin), for the forward: one
@@ -309,7 +317,7 @@ def select_and_group(flat, thresholds, src, strides, height, width, channels, ba
 select_and_group_serial = serial_twin(select_and_group, "select_and_group_serial", group_all=group_all_serial)
 
 
-@njit(cache=True)
+@kernel(*TOKENIZE)
 def tokenize(images, channels_last, bins, base, num_scales, rows, cols, offsets, tables, table_offsets, pad_value,
              shifts, scales, denormalize, cells, thresholds, src, strides, row_offsets):
     """The whole CPU forward of the numba entropy scorer in one call from Python: ``entropy_flat``, then, when

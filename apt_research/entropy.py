@@ -218,7 +218,11 @@ def map_slices(batch: int, sizes: list[int], layout: Layout) -> tuple:
 
 def numba_kernel(parallel, serial):
     """``parallel`` (a numba kernel), or ``serial``, its serial twin, in a one-thread process: data-loader workers
-    run with one torch thread, and the serial kernel also survives a fork (see ``_numba.serial_twin``)."""
+    run with one torch thread, and the serial kernel also survives a fork (see ``_numba.serial_twin``). The
+    kernels are made ready first (``_numba.ensure_kernels``: loaded from, or compiled into, the kernel cache)."""
+    from ._numba import ensure_kernels
+
+    ensure_kernels()
     return parallel if torch.get_num_threads() > 1 else serial
 
 

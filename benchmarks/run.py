@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -436,6 +437,52 @@ def cache_section(results: dict) -> str:
     ])
 
 
+STARTUP_SCRIPT = """
+import time
+start = time.perf_counter()
+import torch
+import apt_research as apt
+imported = time.perf_counter()
+tokenizer = apt.PatchTokenizer(3, 16, 224, [5.75, 4.0], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+tokenizer(torch.rand(1, 3, 224, 224) * 2 - 1)
+called = time.perf_counter()
+from apt_research._numba import ensure_kernels
+print(imported - start, called - imported, called - start, ensure_kernels())
+"""
+
+
+def _fresh_process(cache: Path) -> list[str]:
+    """``STARTUP_SCRIPT`` in a fresh process on the kernel cache ``cache``: its four printed fields."""
+    env = {**os.environ, "APT_RESEARCH_KERNEL_CACHE": str(cache)}
+    done = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT], env=env, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split()
+
+
+def startup_section(results: dict, warm_repeats=5) -> str:
+    """A fresh process's ``import apt_research`` and first tokenizer call: on an empty kernel cache (the one
+    build of every kernel, ``_numba``), then with the build on disk (the median of ``warm_repeats``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder) / "kernels"
+        cold = _fresh_process(cache)
+        warm = [_fresh_process(cache) for _ in range(warm_repeats)]
+    if cold[3] != "built" or any(run[3] != "load" for run in warm):
+        raise RuntimeError(f"unexpected kernel cache modes: cold {cold[3]}, warm {[run[3] for run in warm]}")
+    median = sorted(warm, key=lambda run: float(run[2]))[warm_repeats // 2]
+    figures = {"cold_import_s": float(cold[0]), "cold_first_call_s": float(cold[1]), "cold_total_s": float(cold[2]),
+               "warm_import_s": float(median[0]), "warm_first_call_s": float(median[1]),
+               "warm_total_s": float(median[2]), "warm_totals_s": [float(run[2]) for run in warm]}
+    results["startup"] = figures
+    return "\n".join([
+        "| fresh process, one 224 image, 3 scales | import torch + apt_research (s) | first tokenizer call (s) | total (s) |",
+        "|---|---|---|---|",
+        f"| empty kernel cache (compiles every kernel once) | {figures['cold_import_s']:.2f} | "
+        f"{figures['cold_first_call_s']:.1f} | {figures['cold_total_s']:.1f} |",
+        f"| kernel cache on disk (median of {warm_repeats}) | {figures['warm_import_s']:.2f} | "
+        f"{figures['warm_first_call_s']:.2f} | **{figures['warm_total_s']:.2f}** |",
+    ])
+
+
 def vit_section(results: dict, models=("vit_s", "vit_b"), sizes=(224,), batch=8, device="cpu", dtype=torch.float32,
                 repeats=2, targets: dict | None = None) -> str:
     """Uniform vs packed ViT forward. ``targets`` ({size: retention}) calibrates a shared threshold to that
@@ -626,7 +673,7 @@ def plot_speed(records: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-SECTIONS = ("entropy", "scaling", "tokenizer", "one_image", "loader", "cache", "vit", "launch", "cuda")
+SECTIONS = ("entropy", "scaling", "tokenizer", "one_image", "loader", "cache", "vit", "launch", "cuda", "startup")
 
 
 def main(argv=None) -> int:
@@ -649,7 +696,7 @@ def main(argv=None) -> int:
     titles = {"entropy": "Entropy maps", "scaling": "Scaling", "tokenizer": "Whole tokenizer",
               "one_image": "One image at a time", "loader": "Data loader", "cache": "Threshold points with cached maps",
               "vit": "ViT speed, uniform vs APT-packed (CPU)", "launch": "Host side of the CUDA forward",
-              "cuda": "CUDA"}
+              "cuda": "CUDA", "startup": "Start-up: import and first call, cold and warm kernel cache"}
     for section in args.sections:
         if section == "cuda" and not torch.cuda.is_available():
             parts += [f"## {titles[section]}", "", "No CUDA device on this machine: section skipped.", ""]

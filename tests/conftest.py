@@ -1,14 +1,31 @@
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from images import skimage_batch  # noqa: F401  (tests import it from here)
+from kernel_steps import FIRST_STEPS, run_kernel_steps
 
 BACKENDS = ["numba", "torch"]
 
 # tests/interpreted runs only under TRITON_INTERPRET=1, started by tests/test_triton_kernels.py.
 collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreted"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """The suite's own kernel cache, new for every run of the suite (as in CI): built by ``FIRST_STEPS``, all
+    started at once on the empty folder; every later process of the suite (notebooks, workers) loads it.
+    Returns the folder and the steps' results (``None`` in a suite that a test of this suite started: it uses
+    the outer suite's cache)."""
+    if os.environ.get("APT_RESEARCH_SUITE_KERNEL_CACHE"):
+        return os.environ["APT_RESEARCH_SUITE_KERNEL_CACHE"], None
+    cache = tmp_path_factory.mktemp("kernels") / "cache"
+    os.environ["APT_RESEARCH_KERNEL_CACHE"] = os.environ["APT_RESEARCH_SUITE_KERNEL_CACHE"] = str(cache)
+    with ThreadPoolExecutor(len(FIRST_STEPS)) as pool:
+        results = list(pool.map(lambda job: run_kernel_steps(cache, *job[0], threads=job[1]), FIRST_STEPS))
+    return cache, results
 
 
 @pytest.fixture(scope="session")
