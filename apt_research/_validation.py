@@ -126,6 +126,11 @@ def check_images(images, name: str = "images", *, pixel_range: bool = True, valu
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor (layout torch.strided), got layout {images.layout}; "
+                        "use .to_dense()")
+    if images.is_meta:
+        raise ValueError(f"{name} must hold data, got a tensor on the meta device (shape only)")
     if images.dim() != 4:
         raise ValueError(f"{name} must have 4 dimensions (B, C, H, W), got shape {tuple(images.shape)}")
     batch, channels, height, width = images.shape

@@ -1,15 +1,19 @@
 """Thresholds for a token budget, from importance maps already computed (any scorer).
 
-Two rules choose thresholds for a target mean retention:
+Two rules choose thresholds for a target retention of a set of images, which is the mean over the
+images of each image's retention (``apt_research.selection.mean_retention``: every image weighs the
+same, as in a sweep summary's ``retention_mean``; not the pooled kept / base tokens of all images):
 
 - ``"shared"``: one threshold for every scale above 0.
 - ``"per_scale_quantile"``: scale s gets the q-quantile of its own (non-border)
   scores, the same q for every scale, so scorers whose range changes with patch
   size (laplacian, upsample_mse) are treated alike at every scale.
 
-Mean retention only falls as the threshold (or q) rises, so a bisection over
-the sorted candidate values finds the setting closest to the target. Retention
-moves in steps (one patch at a time), so the result is exact to within
+Every image's retention, and so their mean, only falls as the threshold (or q)
+rises, so a bisection over the sorted candidate values finds the setting closest
+to the target. Retention moves in steps (one patch of one image at a time: a step
+of ``1 / (n * h_0 * w_0)`` for an image of ``h_0 x w_0`` base patches among n),
+so the result is exact to within
 ``tolerance`` where the data allows, and otherwise the closest achievable value,
 said in ``CalibrationResult.message``.
 
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 
 from .contract import DEFAULT_PAD_VALUE
-from .selection import select_patches_by_threshold, token_counts
+from .selection import mean_retention, select_patches_by_threshold, token_counts
 
 STRATEGIES = ("shared", "per_scale_quantile")
 
@@ -49,16 +53,6 @@ def _as_map_list(maps) -> list[dict[int, torch.Tensor]]:
         return [m if next(iter(m.values())).dim() == 3 else {k: v[None] for k, v in m.items()} for m in maps]
     raise TypeError("maps must be a dict {patch_size: (B, h, w)} or a list of such dicts (one per image), "
                     f"got {type(maps).__name__}")
-
-
-def _mean_retention(map_list, thresholds) -> float:
-    kept, base = 0.0, 0.0
-    for maps in map_list:
-        masks = select_patches_by_threshold(maps, thresholds)
-        smallest = masks[min(masks)]
-        kept += float(token_counts(masks).sum())
-        base += smallest.shape[0] * smallest.shape[1] * smallest.shape[2]
-    return kept / base
 
 
 def _scores(map_list, size, pad_value):
@@ -116,7 +110,11 @@ def _bisect(value_at, size: int, target: float) -> tuple[int, int]:
 
 def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared", tolerance: float = 0.005,
                          pad_value: float = DEFAULT_PAD_VALUE) -> CalibrationResult:
-    """Thresholds whose mean retention over the given images is closest to ``target_retention``.
+    """Thresholds whose retention over the given images is closest to ``target_retention``.
+
+    The retention of the images is ``selection.mean_retention``: the mean over images of each image's
+    kept tokens / base-grid tokens, each image weighing the same whatever its size.
+    ``achieved_retention`` is that value at the returned thresholds.
 
     Parameters
     ----------
@@ -124,7 +122,7 @@ def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared"
         Importance maps ``{p_s: (B, h_s, w_s)}`` (one batch) or a list of such
         dicts (images of different sizes), e.g. from the sweep cache.
     target_retention : float
-        Wanted mean of kept tokens / base-grid tokens, in (0, 1].
+        Wanted mean over images of kept tokens / base-grid tokens, in (0, 1].
     strategy : {"shared", "per_scale_quantile"}
         The rule that maps one number to the thresholds of every scale.
     tolerance : float
@@ -155,7 +153,7 @@ def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared"
 
     def at(index):
         if index not in retention:
-            retention[index] = _mean_retention(map_list, to_thresholds(candidates[index]))
+            retention[index] = mean_retention(map_list, to_thresholds(candidates[index]))
         return retention[index]
 
     low, high = _bisect(at, len(candidates), target_retention)
@@ -166,8 +164,10 @@ def calibrate_thresholds(maps, target_retention: float, strategy: str = "shared"
         message = f"retention {achieved:.4f} for target {target_retention:.4f}"
     else:
         span = (at(len(candidates) - 1), at(0))
+        between = f" (the settings around the target give {at(high):.4f} and {at(low):.4f})" if low != high else ""
         message = (f"target retention {target_retention:.4f} is not reachable within {tolerance:.4f} on these images "
-                   f"(reachable: {span[0]:.4f} to {span[1]:.4f}, in steps); closest achievable {achieved:.4f}")
+                   f"(reachable: {span[0]:.4f} to {span[1]:.4f}, in steps); closest achievable {achieved:.4f}"
+                   f"{between}")
     return CalibrationResult(to_thresholds(candidates[best]), achieved, float(target_retention), strategy, within,
                              message)
 

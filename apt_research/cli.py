@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._io import OwnershipError
 from .contract import MAX_BINS
 
 
@@ -98,6 +99,8 @@ def cmd_visualize(args) -> int:
         config.check()
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
+    if not args.image.strip():
+        raise UsageError("IMAGE expects an image file, a folder, 'skimage', 'synthetic' or 'skimage:NAME', got ''")
     out = Path(args.out)
     _check_out(out)
     source, keys, targets = _visualize_targets(args.image, config.max_pixels)
@@ -154,9 +157,12 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             return args.func(args)
-    except UsageError as error:
+    except (UsageError, OwnershipError) as error:
         print(f"apt-research {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a folder without write permission, a link planted in our folder
+        print(f"apt-research {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

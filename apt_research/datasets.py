@@ -11,6 +11,7 @@ a resize policy; ``iter_batches`` stacks equally sized images.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._io import MARKER
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE_POLICIES = ("center_crop", "resize", "short_side", "native")
 
@@ -32,6 +35,24 @@ SKIMAGE_NAMES = (
     "microaneurysms", "moon", "page", "retina", "rocket", "shepp_logan_phantom", "stereo_motorcycle", "text",
 )
 SYNTHETIC_KINDS = ("flat", "gradient", "white_noise", "pink_noise", "shapes", "strokes")
+
+# decode_image refuses a file declaring more pixels, before decoding them: Pillow's own default
+# PIL.Image.MAX_IMAGE_PIXELS ("around a quarter gigabyte for a 24-bit image", about 9459 x 9459), so that
+# Pillow's decompression bomb warning (default settings) never fires for an image decode_image accepts.
+MAX_SYNTHETIC_COUNT = 1_000_000
+MAX_SYNTHETIC_SIZE = 8192
+"""Bounds of the synthetic data set: a million images, 8192 pixels a side (the listing and one image fit easily)."""
+DECODER_VERSION = 2
+"""The version of ``decode_image``'s rules (bit depth, EXIF orientation): part of the map cache's key, so maps
+decoded by other rules are never reused."""
+MAX_DECODE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+# How decode_image scales Pillow's modes (see its Notes): 8-bit modes through Pillow's RGB conversion,
+# 16-bit modes divided by 257; mode "I" is 16-bit when it comes from a format whose samples have 16 bits
+# at most (some Pillow versions open a 16-bit gray PNG as "I"; Pillow opens a PGM with maxval above 255 as "I").
+EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -53,27 +74,61 @@ class ImageSource:
 
 
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
-    """Any image array to ``(H, W, 3)`` uint8: gray becomes 3 channels, alpha is dropped,
-    bool/float [0, 1] scale to [0, 255], 16-bit scales down by 257."""
+    """An in-memory image array to ``(H, W, 3)`` uint8, scaled by its dtype, never by its values.
+
+    For arrays made in memory (scikit-image's bundled images, synthetic images); image files go
+    through ``decode_image``, which scales by the file's format.
+
+    Parameters
+    ----------
+    array : np.ndarray
+        ``(H, W)`` gray or ``(H, W, C)`` with ``C`` channels: 1 (gray), 2 (gray, alpha), 3 (RGB) or
+        4 (RGBA); alpha is dropped. By dtype: bool becomes 0 or 255; uint8 is kept; uint16 is divided
+        by 257 and rounded (65535 becomes 255); floating point must hold values in [0, 1]
+        (scikit-image's convention for float images), multiplied by 255 and rounded.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W, 3)`` uint8, C-contiguous.
+
+    Raises
+    ------
+    ValueError
+        For another dtype, a float array with a value outside [0, 1] (or NaN), or another shape.
+    """
     array = np.asarray(array)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
+        raise ValueError(f"array must be (H, W) or (H, W, C) with C in (1, 2, 3, 4), got shape {array.shape}")
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize > 1 and array.max() > 255:
-        array = (array.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+    elif array.dtype == np.uint16:
+        array = _uint16_to_uint8(array)
     elif np.issubdtype(array.dtype, np.floating):
-        scale = 255.0 if array.max() <= 1.0 else 1.0
-        array = (array * scale).round().clip(0, 255).astype(np.uint8)
-    else:
-        array = array.clip(0, 255).astype(np.uint8)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not (low >= 0.0 and high <= 1.0):
+            raise ValueError(
+                f"array of dtype {array.dtype} must hold values in [0, 1] (the convention for float images), "
+                f"got values in [{low}, {high}]"
+            )
+        array = (array * 255.0).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"array dtype must be bool, uint8, uint16 or floating point, got {array.dtype}")
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
     elif array.shape[-1] == 4:
         array = array[..., :3]
-    elif array.shape[-1] == 2:
-        array = np.stack([array[..., 0]] * 3, axis=-1)
-    elif array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
+    elif array.shape[-1] in (1, 2):
+        array = np.repeat(array[..., :1], 3, axis=-1)
     return np.ascontiguousarray(array)
+
+
+def _uint16_to_uint8(array: np.ndarray) -> np.ndarray:
+    """16-bit samples (integers in [0, 65535]) to 8 bits: ``round(v / 257)``, so that 65535 becomes 255.
+
+    ``(v + 128) // 257`` is that rounding exactly: ``v / 257`` is never halfway between integers (257 is odd).
+    """
+    return ((array.astype(np.int32) + 128) // 257).astype(np.uint8)
 
 
 def _skimage_loader(name: str):
@@ -148,7 +203,15 @@ def synthetic_image(kind: str, size: int, seed: int) -> np.ndarray:
 
 
 def synthetic_dataset(count: int = 12, size: int = 256, seed: int = 0, kinds=SYNTHETIC_KINDS) -> ImageSource:
-    """``count`` seeded images cycling through ``kinds`` (flat, gradient, noise, 1/f noise, shapes, strokes)."""
+    """``count`` seeded images cycling through ``kinds`` (flat, gradient, noise, 1/f noise, shapes, strokes).
+
+    ``count`` is 1 to ``MAX_SYNTHETIC_COUNT`` and ``size`` 1 to ``MAX_SYNTHETIC_SIZE`` pixels, checked before
+    anything is made (the listing holds one entry per image)."""
+    for name, value, bound in (("count", count, MAX_SYNTHETIC_COUNT), ("size", size, MAX_SYNTHETIC_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+            raise ValueError(f"{name} must be a whole number from 1 to {bound:,}, got {value!r}")
+    if isinstance(kinds, str) or not kinds:
+        raise ValueError(f"kinds must be a non-empty list of {SYNTHETIC_KINDS}, got {kinds!r}")
     for kind in kinds:
         if kind not in SYNTHETIC_KINDS:
             raise ValueError(f"kinds must be among {SYNTHETIC_KINDS}, got {kind!r}")
@@ -164,54 +227,137 @@ def synthetic_dataset(count: int = 12, size: int = 256, seed: int = 0, kinds=SYN
 
 
 def decode_image(path, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
-    """Decode one image file to ``(H, W, 3)`` uint8, at most ``max_pixels`` pixels.
+    """Decode one image file to ``(H, W, 3)`` uint8, upright, at most ``max_pixels`` pixels.
 
     Parameters
     ----------
     path : str or Path
-        An image file Pillow reads (palette, 16-bit, gray and RGBA are converted to RGB).
+        An image file Pillow reads.
     max_pixels : int, optional
         A larger image is shrunk while decoding by the smallest integer factor ``k`` (Pillow's
         ``Image.reduce``: each output pixel is the mean of a ``k x k`` block) that brings it to at most
         ``max_pixels`` pixels, with a warning, so that what follows holds ``max_pixels`` pixels at most.
-        Decoding itself holds the full image once (4 bytes a pixel), which Pillow bounds: it refuses
-        images above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million pixels). ``None``: no limit.
+        ``None``: no limit beyond ``MAX_DECODE_PIXELS``.
 
     Returns
     -------
     array : np.ndarray
-        ``(H, W, 3)`` uint8 pixels.
+        ``(H, W, 3)`` uint8 pixels, as displayed (EXIF orientation applied).
     info : dict
-        ``original_height``, ``original_width`` (the file's size) and ``reduced_by`` (``k``, 1 when whole).
+        ``original_height``, ``original_width`` (the file's size as displayed, after its EXIF
+        orientation), ``reduced_by`` (``k``, 1 when whole) and ``orientation`` (the EXIF orientation
+        applied, 1 to 8; 1 when the file has none).
+
+    Raises
+    ------
+    ValueError
+        For a bad ``max_pixels``, a file declaring more than ``MAX_DECODE_PIXELS`` pixels, or samples
+        without a defined scale (see Notes).
+    PIL.UnidentifiedImageError
+        For a file Pillow does not identify as an image (not an image, damaged, or declaring a width or
+        height of 0).
+
+    Notes
+    -----
+    The steps, in order:
+
+    1. Only the header is read first: a file whose declared ``width * height`` exceeds
+       ``MAX_DECODE_PIXELS`` is refused before its pixels are decoded (a file of a few bytes can declare
+       billions of pixels). Pillow's own decompression bomb error (above twice
+       ``PIL.Image.MAX_IMAGE_PIXELS``) becomes the same ``ValueError``; between once and twice that
+       bound Pillow also warns (``DecompressionBombWarning``) before the refusal. Pillow refuses a file
+       declaring a width or height of 0 as unidentified (``PIL.UnidentifiedImageError``).
+    2. The EXIF orientation (``PIL.ImageOps.exif_transpose``) turns the pixels upright.
+    3. Samples are scaled by the file's format (Pillow's mode), never by their values:
+
+       - 8-bit modes (``1``, ``L``, ``P``, ``LA``, ``PA``, ``RGB``, ``RGBA``, ``RGBa``, ``RGBX``, ``CMYK``,
+         ``YCbCr``, ``HSV``): Pillow's conversion to RGB (alpha is dropped, a palette is looked up).
+       - 16-bit gray (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, and mode ``I`` from a PNG or a PNM
+         (Pillow's ``PPM``) file, whose samples have 16 bits at most): ``round(v / 257)``, so that 65535
+         becomes 255.
+       - 16 bits per channel color PNG (RGB, RGBA, gray with alpha): Pillow itself decodes it to 8-bit
+         ``RGB``/``RGBA`` by keeping each sample's high byte (``v >> 8``, at most 1 below
+         ``round(v / 257)``); it is then an 8-bit mode.
+       - 32-bit or signed integer (mode ``I`` from another format, e.g. TIFF) and floating point (mode
+         ``F``): refused, as they have no defined white point (a float TIFF may hold [0, 1], [0, 255] or
+         anything else); convert such a file to 8 or 16 bits.
+       - Any other mode (``LAB``, signed 16-bit ``I;16S``, ...): refused.
+
+    4. The ``max_pixels`` reduction, on the upright image (16-bit samples are averaged before scaling).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
         raise ValueError(f"max_pixels must be an int >= 1 or None, got {max_pixels!r}")
-    with warnings.catch_warnings():
-        if max_pixels is not None:  # the limit below bounds memory; Pillow's bomb warning would only repeat it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            width, height = image.size
-            factor = 1 if max_pixels is None else _reduction_factor(height, width, max_pixels)
-            image.load()
-            if image.mode == "P" or image.mode == "PA":
-                image = image.convert("RGBA")
-            elif image.mode == "CMYK" or image.mode == "YCbCr":
-                image = image.convert("RGB")
-            if factor > 1:
-                if image.mode == "1":
-                    image = image.convert("L")
-                elif image.mode.startswith("I;16"):
-                    image = image.convert("I")
-                image = image.reduce(factor)
-                warnings.warn(
-                    f"{path} is {height}x{width} ({height * width / 1e6:.1f} million pixels), above max_pixels="
-                    f"{max_pixels}: decoded at 1/{factor} of its size ({image.height}x{image.width})",
-                    UserWarning, stacklevel=2,
-                )
-            array = to_rgb_uint8(np.asarray(image))
-    return array, {"original_height": height, "original_width": width, "reduced_by": factor}
+    try:
+        image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # the warning when raised as error
+        raise ValueError(
+            f"image file {str(path)!r} declares more pixels than Pillow decodes ({error}); it should have at most "
+            f"MAX_DECODE_PIXELS ({MAX_DECODE_PIXELS:,}) pixels"
+        ) from error
+    except Image.UnidentifiedImageError as error:
+        raise Image.UnidentifiedImageError(
+            f"{error}: it should be an image in a format Pillow reads, undamaged, declaring a width and a height "
+            f"of at least 1 pixel"
+        ) from error
+    with image:
+        if image.width * image.height > MAX_DECODE_PIXELS:
+            raise ValueError(
+                f"image file {str(path)!r} declares {image.height}x{image.width} (height x width), "
+                f"{image.width * image.height:,} pixels, which should be at most MAX_DECODE_PIXELS "
+                f"({MAX_DECODE_PIXELS:,}) to be decoded"
+            )
+        file_format = image.format
+        image.load()
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        if orientation in range(2, 9):
+            image = ImageOps.exif_transpose(image)
+        else:
+            orientation = 1
+        sixteen_bit = _is_sixteen_bit(image.mode, file_format, path)
+        if sixteen_bit:
+            if image.mode != "I":
+                image = image.convert("I")  # Pillow reduces 32-bit "I", not "I;16"
+        elif image.mode in ("P", "PA"):
+            image = image.convert("RGBA")  # the same colors as "RGB", without Pillow's warning on a transparent palette
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        height, width = image.height, image.width
+        factor = 1 if max_pixels is None else _reduction_factor(height, width, max_pixels)
+        if factor > 1:
+            image = image.reduce(factor)
+            warnings.warn(
+                f"{path} is {height}x{width} ({height * width / 1e6:.1f} million pixels), above max_pixels="
+                f"{max_pixels}: decoded at 1/{factor} of its size ({image.height}x{image.width})",
+                UserWarning, stacklevel=2,
+            )
+        array = np.asarray(image)
+    if sixteen_bit:
+        array = np.repeat(_uint16_to_uint8(array)[..., None], 3, axis=-1)
+    else:
+        array = np.array(array[..., :3], order="C")  # writable: Pillow's array is read-only
+    info = {"original_height": height, "original_width": width, "reduced_by": factor, "orientation": orientation}
+    return array, info
+
+
+def _is_sixteen_bit(mode: str, file_format: str | None, path) -> bool:
+    """Whether ``decode_image`` scales a Pillow mode as 16-bit (True) or as 8-bit (False); refuses the rest."""
+    if mode in EIGHT_BIT_MODES:
+        return False
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and file_format in SIXTEEN_BIT_FORMATS):
+        return True
+    if mode == "F":
+        reason = "32-bit floating point samples (Pillow mode 'F'), which have no defined white point"
+    elif mode == "I":
+        reason = (f"integer samples wider than 16 bits or signed (Pillow mode 'I' from a {file_format} file), "
+                  f"which have no defined white point")
+    else:
+        reason = f"samples of Pillow mode {mode!r}, which decode_image does not scale"
+    raise ValueError(
+        f"image file {str(path)!r} holds {reason}; expected 8-bit modes {EIGHT_BIT_MODES}, 16-bit modes "
+        f"{SIXTEEN_BIT_MODES} or mode 'I' from a {' or '.join(SIXTEEN_BIT_FORMATS)} file (convert it to 8 or 16 bits)"
+    )
 
 
 def _reduction_factor(height: int, width: int, max_pixels: int) -> int:
@@ -223,7 +369,7 @@ def _reduction_factor(height: int, width: int, max_pixels: int) -> int:
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """Decode one image file (palette, 16-bit, gray, RGBA all handled) to ``(H, W, 3)`` uint8, whole."""
+    """Decode one image file to ``(H, W, 3)`` uint8, whole and upright (``decode_image``'s rules)."""
     return decode_image(path)[0]
 
 
@@ -231,11 +377,21 @@ def folder_dataset(root, max_pixels: int | None = None) -> ImageSource:
     """Every image under ``root`` (recursive); the first folder below ``root`` is the label, ImageNet style.
 
     ``max_pixels`` bounds each decoded image (see ``decode_image``); ``None`` decodes every image whole.
+    Folders apt-research wrote (a sweep's or ``visualize``'s output, marked ``_io.MARKER``) are not read: a
+    sweep whose output lies inside its data folder never analyses its own figures.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"root must be an existing directory, got {str(root)!r}")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if not os.path.isfile(os.path.join(folder, name, MARKER)))
+        paths += [Path(folder, name) for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+                  and os.path.isfile(os.path.join(folder, name))]
+    paths.sort()
+    if not paths:
+        raise ValueError(f"root {str(root)!r} holds no image ({', '.join(IMAGE_EXTENSIONS)}), outside folders "
+                         "apt-research wrote")
 
     def load(path):
         relative = path.relative_to(root)

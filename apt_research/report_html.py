@@ -29,7 +29,7 @@ import mistune
 import pandas as pd
 from PIL import Image
 
-from ._io import write_atomic
+from ._io import atomic_path, write_atomic
 from .sweep.parameters import varied_parameters
 
 log = logging.getLogger(__name__)
@@ -166,20 +166,25 @@ def _fence(text: str) -> str:
 
 
 def _read_json(path: Path, default):
-    """``path``'s JSON, or ``default`` when it is absent or unreadable."""
+    """``path``'s JSON, or ``default`` when it is absent, unreadable or of another type than ``default``."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
         return default
+    return value if isinstance(value, type(default)) else default
 
 
 def runs_table(sweep_dir) -> pd.DataFrame:
-    """One row per run directory: run id, state, duration, images skipped and each parameter that differs between runs."""
+    """One row per run of the sweep's spec (``layout.spec_run_ids``): run id, state, duration, images skipped and
+    each parameter that differs between runs."""
+    from .sweep.layout import spec_run_ids
+
     rows = []
-    for run_dir in sorted(Path(sweep_dir, "runs").glob("*/")):
+    for run_id in spec_run_ids(sweep_dir):
+        run_dir = Path(sweep_dir, "runs", run_id)
         status = _read_json(run_dir / "status.json", {})
         params = _read_json(run_dir / "params.json", {})
-        row = {"run_id": run_dir.name, "state": status.get("state", "incomplete"),
+        row = {"run_id": run_id, "state": status.get("state", "incomplete"),
                "duration_s": status.get("duration_s"), "skipped_images": len(_read_json(run_dir / "skipped.json", []))}
         row.update({f"param:{key}": json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
                     for key, value in params.items()})
@@ -212,17 +217,32 @@ def render_html(sweep_dir, markdown: str) -> str:
         sections += ["## Sweep parameters (spec.yaml)", _fence(spec.read_text())]
     runs = runs_table(sweep_dir)
     if not runs.empty:
-        sections += ["## Runs and the parameters that vary between them", runs.to_markdown(index=False)]
+        sections += ["## Runs and the parameters that vary between them", markdown_table(runs)]
     render = mistune.create_markdown(renderer=_EmbeddingRenderer(sweep_dir), plugins=["table"])
     title = next((line[2:].strip() for line in markdown.splitlines() if line.startswith("# ")), sweep_dir.name)
     return PAGE.render(title=mistune.escape(title), body=render("\n\n".join(sections) + "\n"))
 
 
+def markdown_table(table, floatfmt="g") -> str:
+    """``table`` as a markdown table whose cells stay cells: a ``|`` in a value (a file or folder name) is
+    escaped and a line break becomes a space, so no value can end a table or add a row."""
+    def cell(value):
+        return value.replace("|", "\\|").replace("\r", " ").replace("\n", " ") if isinstance(value, str) else value
+
+    table = table.map(cell).rename(columns=lambda name: cell(str(name)))
+    return table.to_markdown(index=False, floatfmt=floatfmt)
+
+
 def write_html_report(sweep_dir, markdown: str) -> Path:
-    """Write ``report.html`` beside ``report.md`` in ``sweep_dir`` (atomically) and return its path."""
-    path = Path(sweep_dir) / "report.html"
-    write_atomic(path, render_html(sweep_dir, markdown))
-    return path
+    """Write ``report.md`` and ``report.html`` in ``sweep_dir`` together and return the page's path: both are
+    written to temporary files first and renamed only when both are whole, so a full disk leaves the earlier
+    pair as it was, never one new and one stale."""
+    sweep_dir = Path(sweep_dir)
+    page = render_html(sweep_dir, markdown)
+    with atomic_path(sweep_dir / "report.md") as text, atomic_path(sweep_dir / "report.html") as html:
+        text.write_text(markdown)
+        html.write_text(page)
+    return sweep_dir / "report.html"
 
 
 def find_chromium() -> str | None:

@@ -322,3 +322,7 @@ def _check_scores(name: str, maps, batch: int, height: int, width: int, sizes: l
             got = f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, torch.Tensor) else repr(tensor)
             raise ValueError(f"scorer {name!r} returned maps[{size}] of {got}; expected a floating-point tensor "
                              f"of shape {expected}")
+        if torch.isnan(tensor).any():
+            image = int(torch.isnan(tensor).flatten(1).any(1).nonzero()[0])
+            raise ValueError(f"scorer {name!r} returned NaN scores in maps[{size}] of image {image} of the batch; "
+                             "expected a number for every patch (NaN would never be kept or dropped reliably)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._validation import check_maps, check_thresholds
@@ -69,6 +71,43 @@ def base_grid_tokens(masks: dict[int, torch.Tensor]) -> int:
 def retention(masks: dict[int, torch.Tensor]) -> torch.Tensor:
     """Kept patches over ``h_0 * w_0`` per image, ``(B,)`` float (class token not counted)."""
     return token_counts(masks).double() / base_grid_tokens(masks)
+
+
+def mean_retention(entropy_maps, thresholds) -> float:
+    """Retention of a set of images at ``thresholds``: the mean over images of each image's ``retention``.
+
+    The one definition of a set's retention: calibration targets it, and a sweep summary's
+    ``retention_mean`` (the mean of the records' per-image ``retention``) is it. Each image weighs the
+    same, whatever its size: this is not the pooled ratio ``sum(kept) / sum(h_0 * w_0)``, which lets large
+    images outweigh small ones.
+
+    Parameters
+    ----------
+    entropy_maps : dict[int, Tensor] or sequence of them
+        ``{p_s: (B, h_s, w_s)}`` (one batch), or a sequence of such dicts (images of different sizes).
+    thresholds : sequence of float
+        As in ``select_patches_by_threshold``, the same for every image.
+
+    Returns
+    -------
+    float
+        ``sum(retention_i) / n`` over the n images, summed exactly (``math.fsum``), so the value does not
+        depend on how the images are batched.
+
+    Examples
+    --------
+    >>> import torch
+    >>> small = {16: torch.zeros((1, 2, 2)), 32: torch.zeros((1, 1, 1))}  # flat: 1 token of 4
+    >>> large = {16: torch.ones((1, 4, 4)), 32: torch.ones((1, 2, 2))}  # busy: 16 tokens of 16
+    >>> mean_retention([small, large], [0.5])  # (0.25 + 1) / 2, not the pooled 17 / 20
+    0.625
+    """
+    batches = [entropy_maps] if isinstance(entropy_maps, dict) else list(entropy_maps)
+    per_image = [value for maps in batches
+                 for value in retention(select_patches_by_threshold(maps, thresholds)).tolist()]
+    if not per_image:
+        raise ValueError("mean_retention needs at least one image, got none")
+    return math.fsum(per_image) / len(per_image)
 
 
 def savings(masks: dict[int, torch.Tensor]) -> torch.Tensor:

@@ -353,6 +353,8 @@ class PatchTokenizer(nn.Module):
         # image, where each Python call and check costs a noticeable part of the kernel's time (so all is inline).
         planned = self._planned("maps", images)
         if planned is None:
+            if not isinstance(images, torch.Tensor) or images.layout != torch.strided or images.is_meta:
+                check_images(images)  # raises what is wrong (sparse, meta, not a tensor), before any other step
             kernel_checks = self._entropy_by_numba(images)
             self._check_input(images, values=not kernel_checks)
             if not kernel_checks:
@@ -428,6 +430,8 @@ class PatchTokenizer(nn.Module):
         ``(sum(seqlens), 4)`` aligned with ``output_mask`` (class tokens:
         ``(image, -1, -1, 0)``).
         """
+        if not isinstance(images, torch.Tensor) or images.layout != torch.strided or images.is_meta:
+            check_images(images)  # raises what is wrong (sparse, meta, not a tensor), before any other step
         planned = None if importance_maps is not None else self._planned("forward", images)
         if planned is not None:
             return self._finish(self._forward_by_plan(*planned), images.shape[0])

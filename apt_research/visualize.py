@@ -14,6 +14,7 @@ that this module did not write.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -150,11 +151,13 @@ def output_names(keys: Sequence[str]) -> dict[str, str]:
     return names
 
 
-def foreign_content(directory) -> str | None:
-    """Why ``directory`` is not a visualisation this module wrote, or ``None`` if it is one.
+def foreign_content(directory, source: str | None = None) -> str | None:
+    """Why ``directory`` is not a visualisation this module wrote (of ``source``, when given), or ``None`` if it
+    is one.
 
     It is one if it is a real directory (not a link) whose ``summary.json`` says ``written_by:
-    "apt-research visualize"`` and which holds nothing else than the layout's files and folders.
+    "apt-research visualize"`` and which holds nothing else than the layout's files and folders; with
+    ``source``, its summary must name that source (another image of the same output name is not replaced).
     """
     directory = Path(directory)
     if directory.is_symlink() or not directory.is_dir():
@@ -165,6 +168,13 @@ def foreign_content(directory) -> str | None:
         summary = None
     if not isinstance(summary, dict) or summary.get("written_by") != WRITTEN_BY:
         return f"{directory} has no summary.json written by {WRITTEN_BY}"
+    if source is not None and summary.get("source") != source:
+        return f"{directory} holds the visualisation of {summary.get('source')!r}, not of {source!r}"
+    return _foreign_files(directory)
+
+
+def _foreign_files(directory: Path) -> str | None:
+    """Why ``directory`` holds something beside the layout's files (a link, another name), or ``None``."""
     for top, folders, files in os.walk(directory):
         for entry in folders + files:
             path = Path(top, entry)
@@ -172,6 +182,21 @@ def foreign_content(directory) -> str | None:
             if path.is_symlink() or not _LAYOUT.fullmatch(relative):
                 return f"{directory} holds {relative}, which {WRITTEN_BY} does not write"
     return None
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove what a killed ``write_visualization`` of ``out_dir`` left beside it: its staging folders
+    (``.NAME.tmp-*``, holding only the layout's files) and retired copies (``.NAME.old-*``, holding only an
+    earlier visualisation)."""
+    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        kind = path.name[len(out_dir.name) + 2 :].split("-", 1)[0]
+        ours = (kind == "tmp" and _foreign_files(path) is None) or (
+            kind == "old" and [entry.name for entry in path.iterdir()] == [out_dir.name]
+            and foreign_content(path / out_dir.name) is None)
+        if ours:
+            shutil.rmtree(path)
 
 
 def analyse(pixels: torch.Tensor, config: VisualizeConfig):
@@ -215,10 +240,11 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
     out_dir = Path(out_dir)
     if out_dir.name in ("", ".", ".."):
         raise ValueError(f"out_dir must end in a directory name, got {str(out_dir)!r}")
-    if os.path.lexists(out_dir) and (reason := foreign_content(out_dir)):
+    if os.path.lexists(out_dir) and (reason := foreign_content(out_dir, meta.get("source"))):
         raise FileExistsError(f"will not replace {out_dir}: {reason}")
     resized, maps, masks, recon, metrics = analyse(pixels, config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     retired = None
     try:
@@ -248,7 +274,7 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
         }
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if os.path.lexists(out_dir):
-            if reason := foreign_content(out_dir):  # checked again: something may have been added meanwhile
+            if reason := foreign_content(out_dir, meta.get("source")):  # again: something may have been added
                 raise FileExistsError(f"will not replace {out_dir}: {reason}")
             retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
             out_dir.rename(retired / out_dir.name)

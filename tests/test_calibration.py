@@ -42,6 +42,9 @@ def test_calibration_works_on_a_list_of_images_of_different_sizes():
             for (h, w), n in [((224, 224), "astronaut"), ((160, 240), "coffee"), ((200, 130), "camera")]]
     result = calibrate_thresholds(maps, 0.6)
     assert abs(result.achieved_retention - 0.6) <= 0.01
+    # the retention of a set of images is the mean of each image's retention, not pooled tokens over images
+    per_image = [_retention(m, result.thresholds) for m in maps]
+    assert result.achieved_retention == pytest.approx(sum(per_image) / len(per_image), rel=1e-12)
 
 
 def test_unreachable_target_gives_the_closest_and_says_so():

@@ -22,6 +22,7 @@ import yaml
 from apt_research.cli import main
 from apt_research.sweep.cluster import ClusterError, check_versions, connect, shard_task
 from apt_research.sweep.configuration import run_configuration
+from apt_research._io import claim
 from apt_research.sweep.report import load_records, summarise
 from apt_research.sweep.runner import run_sweep
 from apt_research.sweep.shards import plan
@@ -234,7 +235,7 @@ def test_failed_shard_fails_its_run_only_and_stale_shards_are_dropped(sharded_sp
 
     sweep = load_spec(sharded_spec)
     failing, healthy = (run["run_id"] for run in sweep.runs)
-    stale = tmp_path / "out" / "runs" / healthy / "shards" / "000000000-000000001.parquet"
+    stale = claim(tmp_path / "out", "sweep") / "runs" / healthy / "shards" / "000000000-000000001.parquet"
     stale.parent.mkdir(parents=True)
     pd.DataFrame({"image": ["from an earlier sweep"]}).to_parquet(stale)
     records = configuration.configuration_records

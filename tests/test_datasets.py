@@ -146,8 +146,8 @@ def test_decoding_shrunk_is_the_block_mean_of_decoding_whole(tmp_path, mode):
     whole, whole_info = decode_image(path)
     with pytest.warns(UserWarning, match=r"240x360 .* decoded at 1/3 of its size \(80x120\)"):
         shrunk, info = decode_image(path, max_pixels=80 * 120)
-    assert whole_info == {"original_height": 240, "original_width": 360, "reduced_by": 1}
-    assert info == {"original_height": 240, "original_width": 360, "reduced_by": 3}
+    assert whole_info == {"original_height": 240, "original_width": 360, "reduced_by": 1, "orientation": 1}
+    assert info == {"original_height": 240, "original_width": 360, "reduced_by": 3, "orientation": 1}
     expected = reduce(whole.astype(np.float64), "(h 3) (w 3) c -> h w c", "mean")
     assert shrunk.shape == (80, 120, 3) and shrunk.dtype == np.uint8
     assert np.abs(shrunk - expected).max() <= 1.0

@@ -126,7 +126,8 @@ def test_failed_runs_missing_and_outside_files_are_named_not_embedded(tmp_path):
         (sweep / "runs" / run / "params.json").write_text(json.dumps({"bins": bins, "image_size": 64}))
     (sweep / "runs" / "run-a" / "skipped.json").write_text(json.dumps([{"item": "a.png", "error": "bad"}] * 2))
     (tmp_path / "secret.txt").write_text("do not mail me")
-    (sweep / "spec.yaml").write_text("name: sweep\ndescription: 'a ```fence``` and <b>tag</b>'\n")
+    (sweep / "spec.yaml").write_text("name: sweep\ndescription: 'a ```fence``` and <b>tag</b>'\n"
+                                     "runs: [{run_id: run-a}, {run_id: run-b}]\n")
     markdown = ("# Sweep report: sweep\n\n- `run-b`: failed: boom\n\n![gone](figures/gone.png) "
                 "[secret](../secret.txt) [web](https://arxiv.org/abs/2510.18091)\n")
     path = write_html_report(sweep, markdown)

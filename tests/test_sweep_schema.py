@@ -122,7 +122,7 @@ def test_a_typo_in_a_notebook_parameter_fails_naming_the_parameter(tmp_path):
     ({"method": "laplacian", "method_options": {"agregate": "mean"}},
      "key 'method_options' has unknown option(s) ['agregate']"),
     ({"device": "bogus"}, "key 'device' expects a torch device"),
-    ({"num_scales": 2, "thresholds": [float("nan")]}, "key 'thresholds' expects list of number"),
+    ({"num_scales": 2, "thresholds": [float("nan")]}, "key 'fixed.thresholds[0]' is nan; expected a finite number"),
     ({"dataset": "no/such/folder"}, "or an existing folder, got 'no/such/folder'"),
     ({"limit": -1}, "key 'limit' expects int or null, got -1"),
     ({"limit": 0}, "key 'limit' expects int or null, got 0"),
@@ -172,7 +172,7 @@ def test_large_grids_print_their_run_count_and_need_yes(tmp_path, capsys):
     (["--jobs", "two"], "--jobs expects a whole number >= 1, got 'two'"),
     (["--device", "bogus"], "--device expects a torch device (cpu, cuda, cuda:1), got 'bogus'"),
     (["--out", "FILE"], "--out expects a directory, got"),
-    (["--out", "USERDIR"], "--out expects a new or empty directory or a sweep directory"),
+    (["--out", "USERDIR"], "--out expects a new or empty directory, or one apt-research made"),
 ])
 def test_bad_sweep_options_exit_2_with_one_line_before_any_work(tmp_path, capsys, arguments, message):
     (tmp_path / "FILE").write_text("mine")
@@ -192,7 +192,7 @@ def test_bad_report_directory_exits_2_with_one_line(tmp_path, capsys, target):
     (tmp_path / "FILE").write_text("mine")
     assert main(["report", str(tmp_path / target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.search("SWEEP_DIR expects a sweep directory with runs/", err[0])
+    assert len(err) == 1 and re.search("SWEEP_DIR expects a sweep directory made by apt-research", err[0])
 
 
 def test_the_report_predicts_a_speedup_for_every_vit_of_the_cost_model(tiny_records, monkeypatch):

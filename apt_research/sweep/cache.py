@@ -3,8 +3,9 @@
 The maps depend on the parameters declared ``maps=True`` in ``parameters.Parameters``
 (``MAP_KEYS``: data set, resize policy, image size, scorer and its options, base patch,
 scales, bins for the entropy scorer, limit) and, for a folder, on its contents (each image
-file's path, size and modification time): never on thresholds, so a threshold axis costs
-selection only, and a folder that changed gets new maps. Each entry also holds the resized
+file's path and a hash of its bytes: a file replaced by another of the same size and time is
+seen) and the decoder's rules (``datasets.DECODER_VERSION``): never on thresholds, so a
+threshold axis costs selection only, and a folder that changed gets new maps. Each entry also holds the resized
 pixels (for the reconstruction), the images' metadata and the skipped images (as JSON text),
 and a SHA-256 checksum of all that: an entry that cannot be read or whose checksum does not
 match is recomputed, with a warning.
@@ -22,20 +23,26 @@ import numpy as np
 import torch
 
 from .._io import atomic_path
-from ..datasets import ImageSource
+from ..datasets import DECODER_VERSION, ImageSource
 from ..scorers import takes_bins
 from .parameters import MAP_KEYS
 
 
 def source_fingerprint(source: ImageSource) -> str | None:
-    """Hash of the path, size and modification time of every file a data set reads; ``None`` if it reads none."""
+    """Hash of the path and the bytes of every file a data set reads, and of the decoder's rules; ``None`` if it
+    reads no file. A file that cannot be read hashes as its error (it is skipped when decoded)."""
     files = [item for item in source.items if isinstance(item, Path)]
     if not files:
         return None
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"decoder {DECODER_VERSION}\n".encode())
     for path in files:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}\0".encode())
+        try:
+            with open(path, "rb") as file:
+                digest.update(hashlib.sha256(file.read()).digest())
+        except OSError as error:
+            digest.update(f"unreadable {error.errno}".encode())
+        digest.update(b"\n")
     return digest.hexdigest()
 
 

@@ -21,6 +21,8 @@ import asyncio
 import warnings
 from pathlib import Path
 
+from .._io import make_dirs
+
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds ``connect`` waits for a scheduler to answer."""
 
@@ -86,7 +88,9 @@ def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
 async def _probe(address: str, timeout: float) -> None:
     from distributed.comm import connect as open_comm
 
-    comm = await open_comm(address, timeout=timeout)
+    # distributed's own timeout covers the TCP connection, not the handshake after it: a server that accepts
+    # the connection and never answers in Dask's protocol (an HTTP server) would hold us for good.
+    comm = await asyncio.wait_for(open_comm(address, timeout=timeout), timeout)
     await comm.close()
 
 
@@ -157,7 +161,7 @@ class DaskExecutor:
         def assemble(task):
             return execute_run(task.run_id, task.params, target.sweep_dir, target.sweep_name, target.cache_dir)
 
-        Path(target.cache_dir).mkdir(parents=True, exist_ok=True)  # workers that share this disk cache maps there
+        make_dirs(target.cache_dir)  # workers that share this disk cache maps there
         shards_left, owners, ready, built = {}, {}, [], {}
         for task in tasks:
             run_dir = run_directory(target.sweep_dir, task.run_id)
@@ -183,6 +187,10 @@ class DaskExecutor:
             try:
                 table, skipped = future.result()
             except Exception as error:  # the shard raised on its worker, or lost too many workers (KilledWorker)
+                if type(error).__name__ == "KilledWorker":
+                    error = RuntimeError(f"the worker processes running shard {shard} of this run died (a native "
+                                         "crash, a kill from outside or the worker's memory limit; the nanny's log "
+                                         f"names the signal): {error}")
                 failed.add(task.run_id)
                 for other, (owner, _) in list(owners.items()):
                     if owner.run_id == task.run_id:

@@ -11,8 +11,6 @@ from pathlib import Path
 MAX_RUNS = 1000
 """A spec expanding to more runs than this needs ``--yes``."""
 
-SWEEP_OUTPUTS = {"spec.yaml", "runs", "cache", "report.md", "report.html", "summary.parquet", "summary.csv", "figures", ".sweep.lock"}
-"""What a sweep writes into its directory; ``--out`` must be new, empty or hold only these."""
 
 
 def _jobs(text: str) -> int:
@@ -40,16 +38,15 @@ def _device(text: str | None) -> str | None:
 
 
 def _out(text: str | None, name: str) -> Path:
+    """The sweep directory: new, empty, or a sweep directory apt-research made (``_io.check_claimable``)."""
+    from .._io import OwnershipError, check_claimable
     from ..cli import UsageError
 
     out = Path(text) if text else Path("results") / name
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out expects a directory, got {str(out)!r} (an existing file)")
-    others = sorted(p.name for p in out.iterdir() if p.name not in SWEEP_OUTPUTS and not p.name.startswith(".")) \
-        if out.is_dir() else []
-    if others:
-        raise UsageError(f"--out expects a new or empty directory or a sweep directory, got {str(out)!r} holding "
-                         f"{others[:3]}{' ...' if len(others) > 3 else ''} (a sweep would write beside them)")
+    try:
+        check_claimable(out, "sweep")
+    except OwnershipError as error:
+        raise UsageError(str(error)) from None
     return out
 
 
@@ -109,8 +106,12 @@ def cmd_report(args) -> int:
     from ..cli import UsageError
     from .report import build_report
 
-    if not (Path(args.sweep_dir) / "runs").is_dir():
-        raise UsageError(f"SWEEP_DIR expects a sweep directory with runs/, got {args.sweep_dir!r}")
+    from .._io import OwnershipError, require_owned
+
+    try:
+        require_owned(args.sweep_dir, "sweep", "SWEEP_DIR")
+    except OwnershipError as error:
+        raise UsageError(str(error)) from None
     report = build_report(args.sweep_dir)
     print(f"report: {report.path}")
     return 0

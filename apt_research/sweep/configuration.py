@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._io import make_dirs
 from .layout import write_json, write_records
 from .maps import maps_for
 from .models import ModelEvaluator
@@ -122,7 +123,7 @@ def run_notebook_configuration(namespace: dict) -> pd.DataFrame:
     """
     output_dir = Path(namespace["output_dir"])
     params = notebook_parameters(namespace)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(output_dir)
     with warnings.catch_warnings(record=True) as caught:
         table = run_configuration(params, output_dir, namespace.get("cache_dir"), namespace.get("sweep", ""),
                                   namespace.get("run_id", ""))

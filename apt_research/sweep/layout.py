@@ -2,6 +2,7 @@
 
 Layout of a sweep directory::
 
+    results/<sweep>/.apt-research.json        the marker: a sweep directory apt-research made (``_io.claim``)
     results/<sweep>/spec.yaml                 the expanded spec (what ran)
     results/<sweep>/runs/<run_id>/run.ipynb   the executed notebook (the record of the run)
                                   records.parquet  one row per image per threshold setting
@@ -13,7 +14,8 @@ Layout of a sweep directory::
     results/<sweep>/cache/<key>.npz           importance maps shared by runs (no pickle)
 
 Every file is written to a temporary name and renamed, so a run killed half
-way never leaves a ``status.json`` that says finished.
+way never leaves a ``status.json`` that says finished. Every write and delete goes through ``_io``
+(our folders only, no symbolic link followed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import _io
 from .._io import atomic_path, write_atomic
+
+
+RECORD_COLUMNS = ("run_id", "image", "dataset", "retention")
+"""Columns every run's ``records.parquet`` has (``records.threshold_records``); a file without them is not ours."""
 
 
 def write_json(path: Path, value) -> None:
@@ -44,47 +51,58 @@ def write_records(output_dir: Path, table: pd.DataFrame, skipped: list[dict]) ->
         write_json(Path(output_dir) / "skipped.json", skipped)
 
 
-PARTIAL_FILES = ".*.tmp-*"
-"""The names ``_io.atomic_path`` writes to before renaming: left behind only by a killed process."""
-
-
 def remove_partial_files(sweep_dir: Path) -> list[Path]:
-    """Remove the temporary files a killed sweep left in its run directories, cache and top level.
+    """Remove the temporary files (``_io.atomic_path``'s names) a killed sweep left in its run directories,
+    cache and top level.
 
     Call only while holding the sweep's lock (no other process writes there then). Returns what was removed.
     """
-    sweep_dir = Path(sweep_dir)
-    removed = []
-    for pattern in (PARTIAL_FILES, f"runs/*/{PARTIAL_FILES}", f"runs/*/shards/{PARTIAL_FILES}", f"cache/{PARTIAL_FILES}",
-                    f"figures/{PARTIAL_FILES}"):
-        for path in sweep_dir.glob(pattern):
-            if path.is_file():
-                path.unlink()
-                removed.append(path)
-    return removed
+    return _io.remove_partial_files(sweep_dir, (".", "runs/*", "runs/*/shards", "cache", "figures"))
+
+
+def spec_run_ids(sweep_dir) -> list[str]:
+    """The run ids of the spec the sweep directory last ran (its ``spec.yaml``), in the spec's order."""
+    import yaml
+
+    path = Path(sweep_dir) / "spec.yaml"
+    try:
+        runs = yaml.safe_load(path.read_text()).get("runs")
+        identifiers = [str(run["run_id"]) for run in runs]
+    except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError, KeyError) as error:
+        raise ValueError(f"{path} cannot be read as a sweep's spec ({type(error).__name__}: {error}); "
+                         "run the sweep again") from None
+    return identifiers
 
 
 def run_state(run_dir: Path) -> tuple[str, str | None]:
     """A run's state and, unless it finished, why: ``finished``, ``failed``, ``running`` or ``incomplete``.
 
-    A run is finished only if its ``status.json`` says so and its ``records.parquet`` can be read
-    (its footer and schema: a truncated file is caught without reading the data).
+    A run is finished only if its ``status.json`` (a JSON object) says so and its ``records.parquet`` can be
+    read, has the records' columns (``RECORD_COLUMNS``) and at least one row (its footer and schema: a
+    truncated file is caught without reading the data).
     """
     import pyarrow.parquet as pq
 
     try:
         status = json.loads((run_dir / "status.json").read_text())
     except FileNotFoundError:
-        return "incomplete", "no status.json (the run never ended: killed or still running)"
+        return "incomplete", "no status.json (the run never ran or never ended: killed or still running)"
     except (OSError, ValueError) as error:
         return "incomplete", f"status.json cannot be read ({type(error).__name__}: {error})"
+    if not isinstance(status, dict):
+        return "incomplete", f"status.json holds a JSON {type(status).__name__}, expected an object"
     state = status.get("state")
     if state != "finished":
-        return str(state), status.get("error")
+        return str(state), None if status.get("error") is None else str(status.get("error"))
     try:
-        pq.read_schema(run_dir / "records.parquet")
+        metadata = pq.read_metadata(run_dir / "records.parquet")
     except (OSError, ValueError) as error:
         return "incomplete", f"records.parquet cannot be read ({type(error).__name__}: {error})"
+    missing = sorted(set(RECORD_COLUMNS) - set(metadata.schema.names))
+    if missing:
+        return "incomplete", f"records.parquet lacks the records' columns {missing} (another file's schema)"
+    if metadata.num_rows == 0:
+        return "incomplete", "records.parquet holds no record"
     return "finished", None
 
 
@@ -93,13 +111,25 @@ def is_finished(run_dir: Path) -> bool:
     return run_state(run_dir)[0] == "finished"
 
 
+def _read_list(path: Path, kind: type) -> list:
+    """A JSON list of ``kind`` items from ``path``; none where it is absent, and a ``ValueError`` naming the
+    file where it holds anything else."""
+    if not path.exists():
+        return []
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(value, list) or not all(isinstance(item, kind) for item in value):
+        raise ValueError(f"{path} holds {json.dumps(value)[:80]}, expected a JSON list of {kind.__name__}")
+    return value
+
+
 def read_warnings(run_dir: Path) -> list[str]:
     """The warnings a run issued (``warnings.json``), or none."""
-    path = run_dir / "warnings.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    return _read_list(run_dir / "warnings.json", str)
 
 
 def read_skipped(run_dir: Path) -> list[dict]:
     """The images a run could not read (``skipped.json``), or none."""
-    path = run_dir / "skipped.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    return _read_list(run_dir / "skipped.json", dict)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from .._io import check_no_links, make_dirs, remove_file
+
 
 class SweepLocked(RuntimeError):
     """Another sweep is writing to the same directory."""
@@ -61,9 +63,9 @@ class DirectoryLock:
         self._token: dict | None = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         for _ in range(3):
-            handle = os.open(self.path, os.O_CREAT | os.O_RDWR)
+            handle = os.open(check_no_links(self.path), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -105,7 +107,7 @@ class DirectoryLock:
             return
         try:
             if self._is_current(self._handle) and self._owner() == self._token:
-                self.path.unlink()
+                remove_file(self.path)
         finally:
             os.close(self._handle)  # releases the flock
             self._handle = None

@@ -10,7 +10,9 @@ in the run (``warnings.json``) and reach the console once, through ``runner``.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -18,13 +20,20 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
-from .._io import atomic_path
+from .._io import atomic_path, make_dirs, remove_file
 from .layout import read_warnings, run_directory, write_json
+from .plain import check_plain
 from .provenance import PACKAGE_ROOT, provenance
 
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run.ipynb"
 KERNEL_START_TRIES = 4
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+# The signal that ended this thread's last kernel, if one did (runs execute one per thread).
+_kernel_exit = threading.local()
+
+
+class KernelKilled(RuntimeError):
+    """A run's kernel process was ended by a signal (a native crash, or killed from outside)."""
 
 
 class IPCKernelManager(AsyncKernelManager):
@@ -40,6 +49,13 @@ class IPCKernelManager(AsyncKernelManager):
     def _default_ip(self) -> str:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="apt-kernel-"))
         return str(self.socket_dir / "kernel")
+
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        process = getattr(self.provisioner, "process", None)
+        code = process.poll() if process is not None else None
+        if code is not None and code < 0:  # it died by itself before being shut down
+            _kernel_exit.signal = signal.Signals(-code).name
+        await super()._async_shutdown_kernel(now=now, restart=restart)
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
@@ -76,6 +92,10 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
             except papermill.PapermillExecutionError:
                 raise
             except Exception as error:  # kernel start failures (dead kernel, ZMQError)
+                if _kernel_exit.signal is not None:
+                    raise KernelKilled(
+                        f"the run's kernel process was killed by {_kernel_exit.signal} (a native crash or a kill "
+                        "from outside, not a Python error); run.ipynb shows the cell it reached") from error
                 text = f"{type(error).__name__}: {error}"
                 retryable = "Address already in use" in text or "Kernel died" in text or "ZMQError" in text
                 if not retryable or attempt == KERNEL_START_TRIES - 1:
@@ -88,10 +108,9 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
 def start_run(sweep_dir: Path, run_id: str, params: dict) -> tuple[Path, dict]:
     """Prepare a run's directory (``params.json``, ``provenance.json``, no stale status or skipped list);
     returns it and a status."""
-    run_dir = run_directory(sweep_dir, run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_dirs(run_directory(sweep_dir, run_id))
     for stale in ("status.json", "skipped.json", "warnings.json"):
-        (run_dir / stale).unlink(missing_ok=True)
+        remove_file(run_dir / stale)
     write_json(run_dir / "params.json", params)
     write_json(run_dir / "provenance.json", provenance(params["device"]))
     return run_dir, {"run_id": run_id, "state": "running", "started": time.time()}
@@ -116,13 +135,18 @@ def execute_run(run_id: str, params: dict, sweep_dir: Path, sweep_name: str, cac
     # The executed notebook is the run's record: kept, failed or interrupted half way, as run.ipynb.
     with atomic_path(run_dir / "run.ipynb", keep_partial=True) as temporary:
         try:
-            execute_notebook(RUN_NOTEBOOK, temporary, {
+            # Parameters reach the notebook as plain data only (``plain.check_plain``): papermill writes them as
+            # Python literals, which such values cannot break out of.
+            execute_notebook(RUN_NOTEBOOK, temporary, check_plain({
                 **params, "output_dir": str(run_dir), "cache_dir": str(cache_dir),
                 "sweep": sweep_name, "run_id": run_id,
-            })
+            }, f"run {run_id}"))
             if not (run_dir / "records.parquet").exists():
                 raise RuntimeError("the run notebook finished without writing records.parquet")
         except Exception as error:
             failure = error
-    status["warnings"] = read_warnings(run_dir)
+    try:
+        status["warnings"] = read_warnings(run_dir)
+    except ValueError as error:
+        status["warnings"] = [str(error)]
     return end_run(run_dir, status, failure)

@@ -139,7 +139,7 @@ class Parameters(BaseModel):
         if self.num_scales < 2:
             raise ValueError(f"key 'target_retention' needs num_scales >= 2, got {self.num_scales}")
         targets = self.target_retention if isinstance(self.target_retention, list) else [self.target_retention]
-        self.target_retention = [float(t) for t in targets]
+        self.target_retention = _distinct("target_retention", [float(t) for t in targets])
         self.thresholds = []
         return self
 
@@ -177,13 +177,13 @@ class Parameters(BaseModel):
             if self.dataset_options:
                 raise ValueError(f"key 'dataset_options' expects no options for a folder data set, "
                                  f"got {self.dataset_options!r}")
-            return
-        loader = DATASETS[self.dataset]
-        try:
-            inspect.signature(loader).bind(**self.dataset_options)
-        except TypeError as error:
-            raise ValueError(f"key 'dataset_options' does not fit data set {self.dataset!r}: {error} "
-                             f"(options: {list(inspect.signature(loader).parameters)})") from None
+        else:
+            loader = DATASETS[self.dataset]
+            try:
+                inspect.signature(loader).bind(**self.dataset_options)
+            except TypeError as error:
+                raise ValueError(f"key 'dataset_options' does not fit data set {self.dataset!r}: {error} "
+                                 f"(options: {list(inspect.signature(loader).parameters)})") from None
         if "root" in self.dataset_options:
             self.dataset_options = {**self.dataset_options,
                                     "root": str(_resolve(str(self.dataset_options["root"]), info))}
@@ -194,6 +194,8 @@ class Parameters(BaseModel):
         try:
             source = load_dataset(self.dataset, **self.dataset_options)
         except (ValueError, TypeError, KeyError) as error:
+            if self.dataset not in DATASETS:
+                raise ValueError(f"key 'dataset' {self.dataset!r}: {error}") from None
             raise ValueError(f"key 'dataset_options' {self.dataset_options!r} fails for data set "
                              f"{self.dataset!r}: {error}") from None
         if checked is not None:
@@ -224,7 +226,17 @@ def _threshold_settings(value: list, num_scales: int) -> list[list[float]]:
         if len(setting) != num_scales - 1:
             raise ValueError(f"key 'thresholds' needs num_scales - 1 = {num_scales - 1} numbers per setting, "
                              f"got {setting!r}")
-    return [[float(v) for v in setting] for setting in settings]
+    return _distinct("thresholds", [[float(v) for v in setting] for setting in settings])
+
+
+def _distinct(key: str, settings: list) -> list:
+    """``settings`` if no two are equal (each setting is one row of the report: a repeat would count its images
+    twice)."""
+    for index, setting in enumerate(settings):
+        if setting in settings[:index]:
+            raise ValueError(f"key '{key}' lists the setting {setting!r} twice (settings {settings[:index].index(setting)}"
+                             f" and {index}); give each setting once")
+    return settings
 
 
 PARAMETERS: dict[str, Any] = {name: field.default for name, field in Parameters.model_fields.items()}

@@ -14,6 +14,16 @@ from ..selection import select_patches_by_threshold
 from ..vit import VIT_CONFIGS
 
 
+def threshold_label(thresholds) -> str:
+    """A threshold setting as text that tells every two distinct settings apart: each number's shortest exact
+    form (``repr``; ``7.0`` as ``7``), comma-separated.
+
+    >>> threshold_label([7.0, 7.000001, 7.0000004])
+    '7,7.000001,7.0000004'
+    """
+    return ",".join(repr(float(t)).removesuffix(".0") for t in thresholds)
+
+
 def image_columns(image: torch.Tensor, image_maps: dict, meta: dict) -> dict:
     """The columns of an image's records that no threshold changes: its names, sizes and score statistics."""
     return {
@@ -43,7 +53,7 @@ def threshold_records(params: dict, thresholds: list[float], pixels, maps, colum
         recon = reconstruct(image[None], masks, params["patch_size"])
         row = {
             **image_row,
-            "thresholds": ",".join(f"{t:g}" for t in thresholds),
+            "thresholds": threshold_label(thresholds),
             **{f"threshold_{s + 1}": t for s, t in enumerate(thresholds)},
             **token_record(masks, 0),
             **fidelity(image, recon[0]),

@@ -13,10 +13,10 @@ import pandas as pd
 import seaborn as sns
 
 from .. import figures
-from .._io import atomic_path, write_atomic
-from ..report_html import write_html_report
+from .._io import atomic_path, remove_file, require_owned
+from ..report_html import markdown_table, write_html_report
 from ..selection import select_patches_by_threshold
-from .layout import read_skipped, run_state
+from .layout import read_skipped, run_state, spec_run_ids
 from .cache import load_entry
 from .maps import entry_path
 from ..vit import VIT_CONFIGS
@@ -36,13 +36,20 @@ class Report:
 
 
 def load_records(sweep_dir) -> tuple[pd.DataFrame, list[dict]]:
-    """Records of every finished run, and ``run_id``, ``state`` and ``error`` of every run that did not finish.
+    """Records of every finished run of the sweep's spec (``spec_run_ids``: exactly those, never a run of an
+    earlier spec left in ``runs/``), and ``run_id``, ``state`` and ``error`` of every one that did not finish.
 
     A run whose records cannot be read counts as not finished, with the cause; it never stops the report.
     """
     tables, problems = [], []
-    for run_dir in sorted((Path(sweep_dir) / "runs").glob("*/")):
+    for run_id in spec_run_ids(sweep_dir):
+        run_dir = Path(sweep_dir) / "runs" / run_id
         state, error = run_state(run_dir)
+        if state == "finished":
+            try:
+                read_skipped(run_dir)
+            except ValueError as failure:
+                state, error = "incomplete", str(failure)
         if state == "finished":
             try:
                 tables.append(pd.read_parquet(run_dir / "records.parquet"))
@@ -276,18 +283,14 @@ FIGURES = ("dataset_examples", "retention_vs_threshold", "entropy_distributions"
 """Every figure ``make_figures`` can write: those not made this time are removed, so none is stale."""
 
 
-def _markdown_table(table: pd.DataFrame, floatfmt=".3f") -> str:
-    return table.to_markdown(index=False, floatfmt=floatfmt)
-
-
 def _remove_stale(sweep_dir: Path, made: list[str]) -> None:
     """Remove the summary (when nothing finished) and figures that an earlier report wrote and this one did not."""
     if not made:
         for name in ("summary.parquet", "summary.csv"):
-            (sweep_dir / name).unlink(missing_ok=True)
+            remove_file(sweep_dir / name)
     for name in set(FIGURES) - set(made):
         for suffix in (".pdf", ".png"):
-            (sweep_dir / "figures" / f"{name}{suffix}").unlink(missing_ok=True)
+            remove_file(sweep_dir / "figures" / f"{name}{suffix}")
 
 
 def report_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -315,7 +318,7 @@ def _results_markdown(sweep_dir: Path, records: pd.DataFrame, summary: pd.DataFr
     lines = [f"{len(records)} records from {records['run_id'].nunique()} finished run(s), "
              f"{records['image'].nunique()} distinct images.", "", f"Fixed parameters: {fixed}.", ""]
     for title, table in report_tables(summary).items():
-        lines += [f"## {title}", "", _markdown_table(table), ""]
+        lines += [f"## {title}", "", markdown_table(table, ".3f"), ""]
     lines += ["## Figures", ""]
     lines += [f"![{name}](figures/{name}.png) ([PDF](figures/{name}.pdf))" for name in made]
     lines.append("")
@@ -327,7 +330,7 @@ def _results_markdown(sweep_dir: Path, records: pd.DataFrame, summary: pd.DataFr
                   "packages: " + ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items()), ""]
     skipped = skipped_images(sweep_dir, records["run_id"].unique())
     if not skipped.empty:
-        lines += ["## Skipped images (could not be read)", "", _markdown_table(skipped), ""]
+        lines += ["## Skipped images (could not be read)", "", markdown_table(skipped, ".3f"), ""]
     return lines
 
 
@@ -340,14 +343,15 @@ def build_report(sweep_dir) -> Report:
     Parameters
     ----------
     sweep_dir : path
-        A sweep directory (with ``runs/``).
+        A sweep directory apt-research made (with its marker, ``_io.require_owned``): nothing is written or
+        removed in any other folder.
 
     Returns
     -------
     Report
         Where ``report.md`` is, the records, the summary and the markdown text.
     """
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = require_owned(sweep_dir, "sweep", "sweep_dir")
     records, problems = load_records(sweep_dir)
     lines = [f"# Sweep report: {sweep_dir.name}", ""]
     if records.empty:
@@ -368,6 +372,5 @@ def build_report(sweep_dir) -> Report:
                   for p in problems]
         lines.append("")
     markdown = "\n".join(lines)
-    write_atomic(sweep_dir / "report.md", markdown)
     write_html_report(sweep_dir, markdown)
     return Report(sweep_dir / "report.md", records, summary, markdown)

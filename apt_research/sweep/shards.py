@@ -14,13 +14,12 @@ the same rows, and so the same summary, as one unsharded run.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .._io import atomic_path
+from .._io import atomic_path, make_dirs, remove_tree
 from .layout import write_json
 from .maps import list_images, shard_images
 
@@ -50,7 +49,7 @@ def shard_path(run_dir: Path, shard: tuple[int, int]) -> Path:
 def save_shard(run_dir: Path, shard: tuple[int, int], table: pd.DataFrame, skipped: list[dict]) -> None:
     """Keep a shard's records (and its skipped images), each file written atomically, records last."""
     path = shard_path(run_dir, shard)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     if skipped:
         write_json(path.with_suffix(".skipped.json"), skipped)
     with atomic_path(path) as temporary:
@@ -75,7 +74,7 @@ def load_shard(run_dir: Path, shard: tuple[int, int]) -> tuple[pd.DataFrame, lis
 
 def clear_shards(run_dir: Path) -> None:
     """Remove the shards kept for the run in ``run_dir`` (a run started afresh, without ``--resume``)."""
-    shutil.rmtree(Path(run_dir) / SHARDS, ignore_errors=True)
+    remove_tree(Path(run_dir) / SHARDS)
 
 
 def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = "",

@@ -18,9 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .parameters import EXECUTION_KEYS, PARAMETERS, ParameterError, unknown_key, validate_params
+from .plain import NotPlainData, check_plain, load_yaml
 
 TOP_LEVEL = ("name", "description", "fixed", "grid", "zip")
 
@@ -63,16 +62,21 @@ def _section(spec: dict, section: str, where: str, axis: bool) -> dict:
 
 
 def _read(source, name: str | None) -> tuple[dict, str, Path | None]:
-    if isinstance(source, dict):
-        return source, name or "<spec>", None
-    path = Path(source)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such sweep spec file")
+    """The spec as plain data (``plain``: any other YAML tag or a duplicate key is refused with its key path)."""
     try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from error
-    return spec, str(path), path
+        if isinstance(source, dict):
+            return check_plain(source, name or "<spec>"), name or "<spec>", None
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"{path}: no such sweep spec file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise SpecError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                            f"{error.start}); a spec is a YAML text file") from None
+        return load_yaml(text, str(path)), str(path), path
+    except NotPlainData as error:
+        raise SpecError(str(error)) from None
 
 
 def count_runs(grid: dict, zipped: dict) -> int:

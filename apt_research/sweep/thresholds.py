@@ -13,6 +13,8 @@ def threshold_settings(params: dict, maps: list[dict]) -> list[tuple[list[float]
     batched = [{size: m[None] for size, m in image_maps.items()} for image_maps in maps]
     for target in params["target_retention"]:
         result = calibrate_thresholds(batched, target, strategy=params["calibration"])
-        settings.append((result.thresholds, {"target_retention": target, "calibration_within_tolerance":
-                                             result.within_tolerance, "calibration_message": result.message}))
+        settings.append((result.thresholds, {"target_retention": target,
+                                             "calibration_retention": result.achieved_retention,
+                                             "calibration_within_tolerance": result.within_tolerance,
+                                             "calibration_message": result.message}))
     return settings
