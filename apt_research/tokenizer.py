@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -337,7 +338,20 @@ class PatchTokenizer(nn.Module):
             )
         if self.unnorm_mean.shape[1] == 3 and images.shape[1] != 3:
             raise ValueError(f"images must have 3 channels to match mean/std of 3 values, got {images.shape[1]}")
+        if images.device.type == "cpu" and not self.__dict__.get("_range_checked"):
+            self.__dict__["_range_checked"] = True  # the first CPU batch only: a user passes pixels consistently
+            self._warn_if_pixels(images)
         return images
+
+    def _warn_if_pixels(self, images: torch.Tensor) -> None:
+        """Warn where ``images`` look like raw pixels in [0, 255] rather than values normalised with mean/std."""
+        # A normalised value is at most (1 - mean) / std = scale + shift of the second normalisation.
+        largest = float((self.unnorm_std + self.unnorm_mean).max())
+        high = float(images.detach().amax())
+        if high > 4 * max(largest, 1.0):
+            warnings.warn(f"images look like raw pixels (largest value {high:g}), but PatchTokenizer expects images "
+                          f"normalised with its mean and std (largest about {largest:.3g}): normalise them first, "
+                          "(pixels / 255 - mean) / std, as a ViT's transform does", UserWarning, stacklevel=4)
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images back to pixels in [0, 255] (float32), the reference's way."""

@@ -377,3 +377,36 @@ def test_a_scheduler_address_of_another_kind_of_server_is_refused_within_the_tim
             connect(f"tcp://127.0.0.1:{server.server_port}", timeout=2)
     finally:
         server.shutdown()
+
+
+def test_images_the_tokenizer_cannot_mean_are_named():
+    """Issue 17: sparse and meta tensors gave torch's errors, raw 0-255 pixels gave wrong tokens silently."""
+    import torch
+
+    from apt_research import PatchTokenizer
+
+    def tokenizer():
+        return PatchTokenizer(2, 16, 32, [5.0], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+    with pytest.raises(TypeError, match="must be a dense tensor"):
+        tokenizer()(torch.rand(1, 3, 32, 32).to_sparse())
+    with pytest.raises(ValueError, match="meta device"):
+        tokenizer().compute_importance_maps(torch.empty(1, 3, 32, 32, device="meta"))
+    with pytest.warns(UserWarning, match="look like raw pixels"):
+        tokenizer()(torch.rand(1, 3, 32, 32) * 255)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenizer()(torch.rand(1, 3, 32, 32) * 4 - 2)
+
+
+def test_a_timm_model_refuses_integer_images():
+    timm = pytest.importorskip("timm")
+    import torch
+
+    from apt_research.models import from_timm
+
+    model = from_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1).eval(), 2, [5.0])
+    with pytest.raises(TypeError, match="floating-point images normalised as the model expects"):
+        model((torch.rand(1, 3, 224, 224) * 255).to(torch.uint8))

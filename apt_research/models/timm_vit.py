@@ -119,6 +119,9 @@ class AptViT(nn.Module):
 
     def tokenize(self, images: torch.Tensor, importance_maps: dict | None = None) -> dict:
         """The tokenizer's dict for ``images`` ``(B, 3, H, W)`` normalised as the model expects."""
+        if isinstance(images, torch.Tensor) and not images.is_floating_point():
+            raise TypeError(f"images must be floating-point images normalised as the model expects (timm's "
+                            f"transform: (pixels / 255 - mean) / std), got dtype {images.dtype}")
         return self.tokenizer(images, importance_maps)
 
     def _patch_embed(self, patches: torch.Tensor) -> torch.Tensor:
