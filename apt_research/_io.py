@@ -79,6 +79,14 @@ def check_claimable(folder, kind: str, argument: str = "--out") -> bool:
     return False
 
 
+def write_marker(folder, kind: str) -> None:
+    """Mark ``folder`` (new or empty, made by the caller) as made by apt-research for ``kind``."""
+    marker = json.dumps({"format": MARKER_FORMAT, "kind": kind, "created": time.time()}) + "\n"
+    handle = os.open(Path(folder) / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    with os.fdopen(handle, "w") as file:
+        file.write(marker)
+
+
 def claim(folder, kind: str, argument: str = "--out") -> Path:
     """Make ``folder`` ours for ``kind`` (e.g. ``"sweep"``): create and mark it, mark it if empty, or accept
     it if it carries our marker of that kind. Anything else raises ``OwnershipError`` naming ``argument``."""
@@ -86,10 +94,7 @@ def claim(folder, kind: str, argument: str = "--out") -> Path:
     if check_claimable(folder, kind, argument):
         return folder
     folder.mkdir(parents=True, exist_ok=True)  # the folder the user named: it may be a link they made
-    marker = json.dumps({"format": MARKER_FORMAT, "kind": kind, "created": time.time()}) + "\n"
-    handle = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-    with os.fdopen(handle, "w") as file:
-        file.write(marker)
+    write_marker(folder, kind)
     return folder
 
 
@@ -108,18 +113,22 @@ def _check_marker(folder: Path, marker: dict, kind: str, argument: str) -> None:
     if marker.get("kind") != kind:
         raise OwnershipError(f"{argument} expects a {kind} directory, got {str(folder)!r}, a "
                              f"{marker.get('kind')!r} directory of apt-research")
-    if marker.get("format") != MARKER_FORMAT:
+    if type(marker.get("format")) is not int or marker.get("format") != MARKER_FORMAT:
         raise OwnershipError(f"{argument}: {str(folder)!r} was written by another version of apt-research "
                              f"(format {marker.get('format')!r}, expected {MARKER_FORMAT}); use a new folder")
 
 
 def owned_root(path) -> Path | None:
-    """The nearest folder at or above ``path`` that carries our marker, or ``None``."""
+    """The outermost folder at or above ``path`` that carries our marker, or ``None``.
+
+    The outermost, not the nearest: a link planted inside our folder may point at another marked folder (a
+    user's other sweep), and every component below the outermost root is checked (``check_no_links``)."""
     path = Path(os.path.abspath(path))
+    root = None
     for folder in (path, *path.parents):
         if (folder / MARKER).is_file() and not (folder / MARKER).is_symlink():
-            return folder
-    return None
+            root = folder
+    return root
 
 
 def check_no_links(path) -> Path:

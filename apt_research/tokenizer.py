@@ -348,7 +348,7 @@ class PatchTokenizer(nn.Module):
         # A normalised value is at most (1 - mean) / std = scale + shift of the second normalisation.
         largest = float((self.unnorm_std + self.unnorm_mean).max())
         high = float(images.detach().amax())
-        if high > 4 * max(largest, 1.0):
+        if high > max(10 * largest, 20.0):  # far beyond any normalised value (random normal test data included)
             warnings.warn(f"images look like raw pixels (largest value {high:g}), but PatchTokenizer expects images "
                           f"normalised with its mean and std (largest about {largest:.3g}): normalise them first, "
                           "(pixels / 255 - mean) / std, as a ViT's transform does", UserWarning, stacklevel=4)

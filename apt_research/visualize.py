@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import figures
+from ._io import read_marker, write_marker
 from ._validation import check_bins, check_device, check_int, check_thresholds
 from .analysis import fidelity, reconstruct, token_record
 from .datasets import RESIZE_POLICIES, resize_image
@@ -50,6 +51,7 @@ _LAYOUT = re.compile(
     r"summary\.json|01_heatmaps|01_heatmaps/importance_map_scale_\d+\.png|02_patches_grid"
     r"|02_patches_grid/patches_visualization\.jpg|03_original_resized"
     r"|03_original_resized/(original|resized)_image\.jpg|04_reconstruction|04_reconstruction/reconstruction\.png"
+    r"|\.apt-research\.json"
 )
 _UNSAFE = re.compile(r"[^\w.-]")
 _EDGE = re.compile(r"^[.-]+|\.+$")
@@ -186,16 +188,16 @@ def _foreign_files(directory: Path) -> str | None:
 
 def _remove_leftovers(out_dir: Path) -> None:
     """Remove what a killed ``write_visualization`` of ``out_dir`` left beside it: its staging folders
-    (``.NAME.tmp-*``, holding only the layout's files) and retired copies (``.NAME.old-*``, holding only an
-    earlier visualisation)."""
+    (``.NAME.tmp-*``) and retired copies (``.NAME.old-*``), each known by our marker (``_io.MARKER``), never by
+    its name alone."""
     for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
         if path.is_symlink() or not path.is_dir():
             continue
         kind = path.name[len(out_dir.name) + 2 :].split("-", 1)[0]
-        ours = (kind == "tmp" and _foreign_files(path) is None) or (
-            kind == "old" and [entry.name for entry in path.iterdir()] == [out_dir.name]
-            and foreign_content(path / out_dir.name) is None)
-        if ours:
+        marked = path / out_dir.name if kind == "old" else path
+        if kind == "old" and [entry.name for entry in path.iterdir()] != [out_dir.name]:
+            continue
+        if kind in ("tmp", "old") and (read_marker(marked) or {}).get("kind") == "visualize":
             shutil.rmtree(path)
 
 
@@ -246,6 +248,7 @@ def write_visualization(pixels: torch.Tensor, meta: dict, out_dir, config: Visua
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    write_marker(staging, "visualize")  # first: a folder data set skips it, and leftovers are known as ours
     retired = None
     try:
         label = "entropy (bits)" if config.method == "entropy" else f"{config.method} score"

@@ -357,9 +357,11 @@ def test_visualize_keeps_another_image_of_the_same_name_and_clears_its_own_lefto
     assert main(["visualize", str(tmp_path / "sub2" / "same.png"), "--out", str(out), *size]) == 2
     assert "holds the visualisation of" in capsys.readouterr().err
     assert (out / "same" / "summary.json").read_text() == before
-    (out / ".same.tmp-abcd1234" / "01_heatmaps").mkdir(parents=True)  # what a killed run leaves
+    (out / ".same.tmp-abcd1234" / "01_heatmaps").mkdir(parents=True)  # what a killed run leaves: marked first
+    _io.write_marker(out / ".same.tmp-abcd1234", "visualize")
+    (out / ".same.tmp-mine").mkdir()  # a user's own folder of that shape: not ours, kept
     assert main(["visualize", str(tmp_path / "sub1" / "same.png"), "--out", str(out), *size]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["same"]
+    assert sorted(path.name for path in out.iterdir()) == [".same.tmp-mine", "same"]
     assert main(["visualize", "", "--out", str(out)]) == 2 and "got ''" in capsys.readouterr().err
 
 
@@ -410,3 +412,40 @@ def test_a_timm_model_refuses_integer_images():
     model = from_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1).eval(), 2, [5.0])
     with pytest.raises(TypeError, match="floating-point images normalised as the model expects"):
         model((torch.rand(1, 3, 224, 224) * 255).to(torch.uint8))
+
+
+def test_a_link_to_another_marked_folder_is_still_a_link(tmp_path):
+    """From a hostile test: runs/<id> -> the user's other sweep passed, since that folder carries our marker too."""
+    sweep = _io.claim(tmp_path / "s1", "sweep")
+    other = _io.claim(tmp_path / "other", "sweep")
+    (other / "keep.txt").write_text("mine")
+    (sweep / "runs").mkdir()
+    (sweep / "runs" / "0123456789ab").symlink_to(other)
+    (sweep / "figures").symlink_to(other)
+    for write in (lambda: _io.write_atomic(sweep / "runs" / "0123456789ab" / "status.json", "{}"),
+                  lambda: _io.remove_file(sweep / "runs" / "0123456789ab" / "keep.txt"),
+                  lambda: _io.write_atomic(sweep / "figures" / "a.png", b"png")):
+        with pytest.raises(_io.UnsafePathError):
+            write()
+    assert sorted(path.name for path in other.iterdir()) == [_io.MARKER, "keep.txt"]
+
+
+def test_nesting_and_self_reference_are_refused_in_one_line(tmp_path):
+    for text in ("a: " + "[" * 5000 + "]" * 5000 + "\n", "description: &a [*a]\n"):
+        with pytest.raises(NotPlainData, match="nested too deeply"):
+            load_yaml(text, "doc")
+
+
+def test_visualize_output_in_a_data_folder_is_not_read_and_a_users_hidden_folder_is_kept(tmp_path, capsys):
+    from apt_research.datasets import folder_dataset
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for seed in range(2):
+        _photo(data / f"p{seed}.png", seed, size=64)
+    (data / ".p0.tmp-mine").mkdir()
+    (data / ".p0.tmp-mine" / "summary.json").write_text('{"mine": 1}')
+    for _ in range(2):
+        assert main(["visualize", str(data), "--out", str(data / "vis"), "--image-size", "64"]) == 0
+    assert [path.name for path in folder_dataset(data).items] == ["p0.png", "p1.png"]
+    assert (tmp_path / "imgs" / ".p0.tmp-mine" / "summary.json").read_text() == '{"mine": 1}'

@@ -112,7 +112,10 @@ def cmd_report(args) -> int:
         require_owned(args.sweep_dir, "sweep", "SWEEP_DIR")
     except OwnershipError as error:
         raise UsageError(str(error)) from None
-    report = build_report(args.sweep_dir)
+    try:
+        report = build_report(args.sweep_dir)
+    except ValueError as error:  # a spec.yaml that is missing or not a sweep's
+        raise UsageError(str(error)) from None
     print(f"report: {report.path}")
     return 0
 

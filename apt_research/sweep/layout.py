@@ -21,6 +21,7 @@ way never leaves a ``status.json`` that says finished. Every write and delete go
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +72,10 @@ def spec_run_ids(sweep_dir) -> list[str]:
     except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError, KeyError) as error:
         raise ValueError(f"{path} cannot be read as a sweep's spec ({type(error).__name__}: {error}); "
                          "run the sweep again") from None
+    bad = [identifier for identifier in identifiers if not re.fullmatch(r"[\w-]+", identifier)]
+    if bad:
+        raise ValueError(f"{path} names run ids {bad[:3]} that are not names of a run folder (letters, digits, "
+                         "_ and -); run the sweep again")
     return identifiers
 
 

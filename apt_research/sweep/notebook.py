@@ -121,7 +121,8 @@ def end_run(run_dir: Path, status: dict, error: BaseException | None = None) -> 
     if error is None:
         status["state"] = "finished"
     else:
-        status.update(state="failed", error=f"{type(error).__name__}: {error}"[:2000],
+        cause = f"{error.ename}: {error.evalue}" if hasattr(error, "ename") else f"{type(error).__name__}: {error}"
+        status.update(state="failed", error=cause.strip()[:2000],
                       traceback="".join(traceback.format_exception(error)))
     status.update(ended=time.time(), duration_s=time.time() - status["started"])
     write_json(run_dir / "status.json", status)

@@ -37,7 +37,10 @@ def load_yaml(text: str, where: str):
         node = loader.get_single_node()
         return None if node is None else _construct(loader, node, "", where)
     except yaml.YAMLError as error:
-        raise NotPlainData(f"{where}: not valid YAML: {error}") from None
+        raise NotPlainData(f"{where}: not valid YAML: {' '.join(str(error).split())}") from None
+    except RecursionError:
+        raise NotPlainData(f"{where}: nested too deeply, or an alias that contains itself; a spec is plain data "
+                           "a few levels deep") from None
     finally:
         loader.dispose()
 
