@@ -374,3 +374,45 @@ def test_validation_and_the_run_share_one_listing_of_a_folder(tmp_path, monkeypa
               "thresholds": [[5.0]], "shard_size": shard_size}
     records = run_configuration(params, tmp_path / "run", tmp_path / "cache")
     assert len(records) == 3 and len(listings) == 1
+
+
+def test_scheduler_killed_mid_sweep_fails_its_runs_with_one_line_each(tmp_path):
+    """Issue 22: a scheduler killed mid-sweep printed distributed's asyncio tracebacks; now each run fails with
+    the reason and what to do, the written shards stay, and nothing else is printed."""
+    cluster = Cluster(tmp_path)
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["fixed"].update(dataset="synthetic", dataset_options={"count": 200, "size": 64}, image_size=64,
+                         shard_size=1)
+    spec_path = tmp_path / "long.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    try:
+        scheduler = cluster.start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                  "--scheduler-file", str(cluster.scheduler_file))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not cluster.scheduler_file.exists():
+            assert time.monotonic() < deadline and scheduler.poll() is None, cluster.logs()
+            time.sleep(0.1)
+        cluster.start_worker("worker-a")
+        sweep = subprocess.Popen([str(APT_RESEARCH), "sweep", str(spec_path), "--out", str(out), "--scheduler",
+                                  cluster.address], cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        try:
+            while not list(out.glob("runs/*/shards/[0-9]*.parquet")):
+                assert time.monotonic() < deadline + 120 and sweep.poll() is None, "no shard was written"
+                time.sleep(0.05)
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            stdout, stderr = sweep.communicate(timeout=180)
+        finally:
+            _end(sweep)
+    finally:
+        for process in reversed(cluster.processes):
+            _end(process)
+    assert sweep.returncode == 1, (stdout, stderr)
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
+    failures = [line for line in stdout.splitlines() if " failed: " in line]
+    assert len(failures) == 2 and all("scheduler stopped answering" in line and "--resume" in line
+                                      for line in failures), stdout
+    assert list(out.glob("runs/*/shards/[0-9]*.parquet"))  # what was computed is kept for --resume
+    for status in out.glob("runs/*/status.json"):
+        assert json.loads(status.read_text())["state"] == "failed"

@@ -18,6 +18,8 @@ computed again by ``--resume``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -109,6 +111,33 @@ def check_versions(client) -> None:
                                f"install the same environment everywhere. Dask reports:\n{error}") from error
 
 
+def scheduler_lost(client, error: BaseException) -> bool:
+    """Whether ``error`` (a shard's failure) means the scheduler went away, not that the shard failed."""
+    return getattr(error, "reason", None) == "scheduler-connection-lost" or client.status not in ("running", "newly-created")
+
+
+class _DropReconnectTracebacks(logging.Filter):
+    """distributed's client logs a traceback each time its reconnection to a lost scheduler gives up.
+
+    The sweep reports the loss itself, one line per run, so those records are dropped while it runs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        return not (kind is not None and issubclass(kind, (asyncio.CancelledError, OSError, TimeoutError)))
+
+
+@contextlib.contextmanager
+def quiet_reconnects():
+    """While inside, the client's reconnection tracebacks are not printed (see ``_DropReconnectTracebacks``)."""
+    logger, quiet = logging.getLogger("distributed.client"), _DropReconnectTracebacks()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def shard_task(params: dict, shard: tuple[int, int], sweep: str, run: str, cache_dir: str | None = None,
                source=None):
     """On a worker: one shard's ``(records, skipped)``, returned to the client, which writes them.
@@ -150,13 +179,10 @@ class DaskExecutor:
 
     def execute(self, tasks, target):
         """Yield each run's final status as it ends (see ``executor.Executor``)."""
-        from distributed import as_completed
-        from tqdm.auto import tqdm
-
         from .layout import run_directory
         from .maps import list_images, shard_images
-        from .notebook import end_run, execute_run, start_run
-        from .shards import plan, save_shard, shard_path
+        from .notebook import execute_run
+        from .shards import plan, shard_path
 
         def assemble(task):
             return execute_run(task.run_id, task.params, target.sweep_dir, target.sweep_name, target.cache_dir)
@@ -176,6 +202,18 @@ class DaskExecutor:
                 owners[future] = (task, shard)
         for task in ready:
             yield assemble(task)
+        with quiet_reconnects():
+            yield from self._collect(owners, shards_left, target, assemble)
+
+    def _collect(self, owners, shards_left, target, assemble):
+        """Keep each shard as it comes back; yield a run's status when its last shard is in, or it fails."""
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        from .layout import run_directory
+        from .notebook import end_run, start_run
+        from .shards import save_shard
+
         failed = set()
         bar = tqdm(total=len(owners), desc="shards", unit="shard", leave=False, disable=not self.progress)
         for future in as_completed(list(owners), loop=self.client.loop):
@@ -187,7 +225,10 @@ class DaskExecutor:
             try:
                 table, skipped = future.result()
             except Exception as error:  # the shard raised on its worker, or lost too many workers (KilledWorker)
-                if type(error).__name__ == "KilledWorker":
+                if scheduler_lost(self.client, error):
+                    error = ClusterError(f"the Dask scheduler stopped answering mid-sweep; the shards already "
+                                         f"written are kept: start it again and rerun with --resume ({error})")
+                elif type(error).__name__ == "KilledWorker":
                     error = RuntimeError(f"the worker processes running shard {shard} of this run died (a native "
                                          "crash, a kill from outside or the worker's memory limit; the nanny's log "
                                          f"names the signal): {error}")

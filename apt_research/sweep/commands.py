@@ -63,7 +63,7 @@ def dry_run_listing(sweep, out: Path) -> str:
 
 def cmd_sweep(args) -> int:
     from ..cli import UsageError
-    from .cluster import ClusterError, connect
+    from .cluster import ClusterError, connect, quiet_reconnects
     from .lock import SweepLocked
     from .report import build_report
     from .runner import run_sweep
@@ -88,13 +88,14 @@ def cmd_sweep(args) -> int:
         except ClusterError as error:
             raise UsageError(str(error)) from error
     print(f"sweep {sweep.name}: {len(sweep.runs)} run(s) into {out}" + (f" on {args.scheduler}" if client else ""))
-    try:
-        statuses = run_sweep(sweep, out, jobs=jobs, resume=args.resume, device=device, client=client)
-    except (SweepLocked, ClusterError) as error:
-        raise UsageError(str(error)) from error
-    finally:
-        if client is not None:
-            client.close()
+    with quiet_reconnects():  # a lost scheduler is reported by the runs, not by distributed's tracebacks
+        try:
+            statuses = run_sweep(sweep, out, jobs=jobs, resume=args.resume, device=device, client=client)
+        except (SweepLocked, ClusterError) as error:
+            raise UsageError(str(error)) from error
+        finally:
+            if client is not None:
+                client.close()
     failed = [s for s in statuses if s["state"] != "finished"]
     report = build_report(out)
     print(f"sweep {sweep.name}: {len(statuses) - len(failed)} finished, {len(failed)} failed")
