@@ -8,7 +8,7 @@
 
 Each creates (or reuses) the virtual environment ``.venv`` and installs what it
 needs: torch 2.14.1 and the torchvision built for it, pinned, then the package in
-editable mode with its test and models extras. Installation is skipped while
+editable mode with its test, models and docs extras. Installation is skipped while
 ``pyproject.toml`` is unchanged.
 """
 
@@ -42,7 +42,7 @@ def ensure_environment() -> None:
     print("installing dependencies into .venv (first run only)", flush=True)
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run(pip + [*TORCH], check=True)
-    subprocess.run(pip + [*TORCH, "-e", f"{ROOT}[test,models]"], check=True)
+    subprocess.run(pip + [*TORCH, "-e", f"{ROOT}[test,models,docs]"], check=True)
     subprocess.run([str(PYTHON), "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], check=True,
                    stdout=subprocess.DEVNULL)
     STAMP.write_text(wanted)
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return run("-m", "pytest", *rest)
     if command == "bench":
-        return run("benchmarks/run.py", *rest)
+        return run("-m", "benchmarks.run", *rest)
     if command == "lab":
         return run("-m", "jupyterlab", "notebooks", *rest)
     return run("-m", "apt_research.cli", "sweep", "ablations/default.yaml", "--resume", "--jobs", "2", *rest)

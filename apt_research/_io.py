@@ -24,6 +24,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from .errors import OwnershipError, UnsafePathError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -35,14 +36,6 @@ MARKER = ".apt-research.json"
 MARKER_FORMAT = 1
 PARTIAL_PREFIX, PARTIAL_INFIX = ".", ".tmp-"
 """``atomic_path``'s temporary names: ``.NAME.tmp-XXXX``."""
-
-
-class OwnershipError(ValueError):
-    """A folder that apt-research did not make (or mark) was given for it to write into or read as its own."""
-
-
-class UnsafePathError(OSError):
-    """A path we would write, rename or delete goes through a symbolic link we did not make."""
 
 
 def read_marker(folder) -> dict | None:

@@ -6,6 +6,8 @@ the manner of timm's ``PatchEmbed`` ("Input height (230) should be ...").
 
 from __future__ import annotations
 
+import difflib
+
 import math
 import numbers
 import warnings
@@ -243,3 +245,10 @@ def check_device(name: str, value) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"{name} must be a cpu, cuda or mps device, got {value!r}")
     return device
+
+
+def closest(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or an empty string."""
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+

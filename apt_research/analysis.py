@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .contract import DEFAULT_PAD_VALUE, MAX_PIXEL
-from .entropy import grid_shape
+from .contract import grid_shape
 from .selection import base_grid_tokens, tokens_per_scale
 from .tokenizer import patch_groups
 

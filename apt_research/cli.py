@@ -11,10 +11,7 @@ from pathlib import Path
 
 from ._io import OwnershipError
 from .contract import MAX_BINS
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: printed as one line, exit code 2."""
+from .errors import UsageError
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -84,7 +81,7 @@ def _visualize_targets(image: str, max_pixels: int):
 
 
 def cmd_visualize(args) -> int:
-    from .visualize import VisualizeConfig, foreign_content, output_names, write_visualization
+    from .presentation.visualize import VisualizeConfig, foreign_content, output_names, write_visualization
 
     if args.no_resize and args.resize not in (None, "native"):
         raise UsageError(f"--no-resize keeps the native size, so --resize {args.resize!r} contradicts it")

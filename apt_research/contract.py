@@ -38,3 +38,13 @@ SMALL_IMAGE_PATCH_LIMIT: int = 256
 
 #: Label of each image's class token in the packed sequence's ``output_mask`` (a token of scale s has ``s + 1``).
 CLASS_TOKEN: int = -1
+
+
+def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """Rows and columns of the patch grid that covers ``height x width`` (padding at bottom/right)."""
+    return -(-height // patch_size), -(-width // patch_size)
+
+
+def scale_sizes(patch_size: int, num_scales: int) -> list[int]:
+    """Patch size of every scale: ``p * 2**s`` for s = 0 .. num_scales - 1."""
+    return [patch_size * 2**scale for scale in range(num_scales)]

@@ -28,15 +28,9 @@ from einops import rearrange
 
 from ._validation import check_bins, check_choice, check_extent, check_images, check_int, check_pad_value
 from .contract import DEFAULT_BINS, DEFAULT_PAD_VALUE, MAX_PIXEL
-from .entropy import (
-    BACKENDS,
-    apply_border_rule,
-    denormalize_pixels,
-    entropy_maps_unchecked,
-    grayscale,
-    grid_shape,
-    scale_sizes,
-)
+from .backends import BACKENDS, entropy_maps
+from .backends.torch_backend import apply_border_rule, denormalize_pixels, grayscale
+from .contract import grid_shape, scale_sizes
 
 
 @dataclass(frozen=True)
@@ -191,7 +185,7 @@ def entropy_scorer(images, patch_size, num_scales, *, bins=DEFAULT_BINS, backend
     ``check_finite``: the numba kernel itself refuses NaN / inf pixels (``PatchTokenizer`` asks for it
     instead of a separate pass over the batch).
     """
-    return entropy_maps_unchecked(images, patch_size, num_scales, bins, DEFAULT_PAD_VALUE, backend, denormalize,
+    return entropy_maps(images, patch_size, num_scales, bins, DEFAULT_PAD_VALUE, backend, denormalize,
                                   check_finite)
 
 

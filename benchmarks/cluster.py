@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from apt_research.analysis import entropy_statistics, fidelity, reconstruct, token_record  # noqa: E402
-from apt_research.costmodel import vit_flops  # noqa: E402
+from apt_research.models.costmodel import vit_flops  # noqa: E402
 from apt_research.datasets import folder_dataset, resize_image, skimage_dataset  # noqa: E402
 from apt_research.scorers import compute_importance_maps  # noqa: E402
 from apt_research.selection import select_patches_by_threshold  # noqa: E402

@@ -24,8 +24,8 @@ import time
 import torch
 
 from apt_research._io import write_atomic
-from apt_research.explore import Explorer, explore_widget
-from apt_research.visualize import VisualizeConfig
+from apt_research.presentation.explore import Explorer, explore_widget
+from apt_research.presentation.visualize import VisualizeConfig
 
 
 def time_changes(control, values) -> tuple[list[float], list[float]]:

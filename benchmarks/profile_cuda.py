@@ -1,19 +1,15 @@
-"""Where the tokenizer's time goes on CUDA: torch.profiler over PatchTokenizer.forward (224x224, batch 256)."""
+"""Where the tokenizer's time goes on CUDA: torch.profiler over PatchTokenizer.forward (224x224, batch 256).
 
-import sys
-from pathlib import Path
+    python -m benchmarks.profile_cuda     # from the repository root, on a CUDA machine
+"""
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apt_research import PatchTokenizer
+from benchmarks.common import MEAN, STD, normalised, real_batch, timed
 
-from run import MEAN, STD, real_batch, timed  # noqa: E402
-
-from apt_research import PatchTokenizer  # noqa: E402
-
-pixels = real_batch(224, 256, "cuda")
-images = (pixels / 255 - torch.tensor(MEAN, device="cuda").view(1, 3, 1, 1)) / torch.tensor(STD, device="cuda").view(1, 3, 1, 1)
+images = normalised(real_batch(224, 256, "cuda"))
 tokenizer = PatchTokenizer(3, 16, 224, [5.75, 4.0], MEAN, STD).cuda()
 maps = tokenizer.compute_importance_maps(images)
 masks = tokenizer.construct_masks(maps)[0]

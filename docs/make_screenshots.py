@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from apt_research.cli import main as cli
-from apt_research.report_html import screenshot
+from apt_research.sweep.report_html import screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"

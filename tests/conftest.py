@@ -9,8 +9,8 @@ from kernel_steps import FIRST_STEPS, run_kernel_steps
 
 BACKENDS = ["numba", "torch"]
 
-# tests/interpreted runs only under TRITON_INTERPRET=1, started by tests/test_triton_kernels.py.
-collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreted"]
+# tests/backends/interpreted runs only under TRITON_INTERPRET=1, started by tests/backends/test_triton_kernels.py.
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["backends/interpreted"]
 
 
 @pytest.fixture(scope="session", autouse=True)

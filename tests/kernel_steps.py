@@ -1,4 +1,4 @@
-"""One use of the numba kernels per process, for tests/test_kernel_cache.py: ``python kernel_steps.py STEP``.
+"""One use of the numba kernels per process, for tests/backends/test_kernel_cache.py: ``python kernel_steps.py STEP``.
 
 Each step is an entry point of the library that reaches a different kernel (or the same one with other
 argument types); it prints the kernel cache's mode. The steps of the crash in issue 16 come first.
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import apt_research as apt
-from apt_research._numba import ensure_kernels
+from apt_research.backends.numba_backend.kernel_cache import ensure_kernels
 
 KERNEL_STEPS = Path(__file__).resolve()
 
@@ -31,7 +31,7 @@ def run_kernel_steps(cache: Path, *steps: str, threads: int | None = None, pytho
 
 
 # The first steps on the suite's empty kernel cache: three processes at once, as a sweep with --jobs 2 and a
-# notebook start, each with its own thread count and entry points (tests/test_kernel_cache.py checks them).
+# notebook start, each with its own thread count and entry points (tests/backends/test_kernel_cache.py checks them).
 FIRST_STEPS = [(("loader",), 1), (("forward", "groups"), 2), (("serial", "uint8"), None)]
 
 

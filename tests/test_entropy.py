@@ -14,7 +14,7 @@ from apt_research import contract
 from apt_research import compute_patch_entropy_batched, patch_histograms
 from apt_research.entropy import bin_indices
 
-import reference
+from apt_research.testing import reference
 from conftest import BACKENDS, skimage_batch
 
 SIZES = [(224, 224), (336, 336), (230, 333), (61, 97), (1000, 872)]
@@ -129,16 +129,17 @@ def test_contract_numbers_are_declared_once():
     appear as numbers only in contract.py; the torch, numba and Triton paths import them from there."""
     numbers = {*contract.GRAY_WEIGHTS, contract.LOG_EPSILON, contract.DEFAULT_PAD_VALUE, contract.MAX_PIXEL}
     package = Path(apt_research.__file__).parent
-    paths = ["entropy.py", "_entropy_cpu.py", "_entropy_cuda.py", "scorers.py", "tokenizer.py", "selection.py",
-             "analysis.py", "_validation.py"]
+    kernels = ["backends/torch_backend.py", "backends/numba_backend/entropy_kernels.py",
+               "backends/numba_backend/arguments.py", "backends/triton_backend/kernels.py"]
+    paths = ["entropy.py", *kernels, "scorers.py", "tokenizer.py", "selection.py", "analysis.py", "_validation.py"]
     found = []
     for name in paths:
         for node in ast.walk(ast.parse((package / name).read_text())):
             if isinstance(node, ast.Constant) and type(node.value) is float and node.value in numbers:
                 found.append(f"{name}:{node.lineno}: {node.value}")
     assert found == []
-    for name in ("_entropy_cpu.py", "_entropy_cuda.py", "entropy.py"):
-        assert "from .contract import" in (package / name).read_text(), name
+    for name in kernels:
+        assert "contract import" in (package / name).read_text(), name
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from apt_research import SCORERS, PatchTokenizer, compute_importance_maps, register_scorer
 
-import reference
+from apt_research.testing import reference
 from conftest import skimage_batch
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

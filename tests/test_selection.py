@@ -14,7 +14,7 @@ from apt_research import (
     tokens_per_scale,
 )
 
-import reference
+from apt_research.testing import reference
 from conftest import skimage_batch
 
 

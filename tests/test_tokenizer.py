@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from apt_research import PatchTokenizer
 
-import reference
+from apt_research.testing import reference
 from conftest import cuda, skimage_batch
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -266,14 +266,14 @@ def test_a_planned_call_gives_what_the_full_path_gives(layout):
     full = PatchTokenizer(3, 8, (64, 80), [6.0, 5.0], MEAN, STD, backend="torch")
     for image in (images[i : i + 1] for i in range(images.shape[0])):
         first = tokenizer.compute_importance_maps(image)
-        assert tokenizer._planned("maps", image) is not None
+        assert tokenizer._plans.lookup("maps", image, tokenizer) is not None
         planned = tokenizer.compute_importance_maps(image.clone())
         expected = full.compute_importance_maps(image)
         assert _same_maps(planned, first)
         assert all(torch.allclose(planned[size], expected[size], atol=1e-5, rtol=0) for size in expected)
         if layout != "uint8":  # the forward takes normalised float32 images
             first = tokenizer(image)
-            assert tokenizer._planned("forward", image) is not None
+            assert tokenizer._plans.lookup("forward", image, tokenizer) is not None
             assert _same_forward(tokenizer(image.clone()), first)
             assert _same_forward(first, tokenizer(image, tokenizer.compute_importance_maps(image)))
 
@@ -307,7 +307,7 @@ def test_images_a_plan_does_not_fit_take_the_full_path():
     transposed = images.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, column-major
     assert not transposed.is_contiguous() and torch.equal(transposed, images)
     for other in (transposed, images.double(), torch.nn.Parameter(images.clone()), images.clone().requires_grad_()):
-        assert tokenizer._planned("maps", other) is None and tokenizer._planned("forward", other) is None
+        assert tokenizer._plans.lookup("maps", other, tokenizer) is None and tokenizer._plans.lookup("forward", other, tokenizer) is None
         assert _same_maps(tokenizer.compute_importance_maps(other), expected_maps)
         with torch.no_grad():
             assert tokenizer(other)["seqlens"] == expected["seqlens"]
@@ -339,7 +339,7 @@ def test_a_plan_follows_the_settings_it_was_made_under():
     try:  # one thread (a data-loader worker) takes the serial kernels, whatever the plans of two threads
         torch.set_num_threads(1)
         assert _same_forward(tokenizer(images), other(images))
-        assert tokenizer._planned("forward", images)[0].kernel.__name__ == "tokenize_serial"
+        assert tokenizer._plans.lookup("forward", images, tokenizer)[0].kernel.__name__ == "tokenize_serial"
     finally:
         torch.set_num_threads(threads)
 
@@ -414,14 +414,14 @@ def test_a_pickled_tokenizer_leaves_its_plans_behind():
     tokenizer = PatchTokenizer(3, 8, 64, [6.0, 5.0], MEAN, STD)
     expected = tokenizer(images)
     copy = pickle.loads(pickle.dumps(tokenizer))
-    assert tokenizer._plans and not copy._plans and copy.__dict__["_normalisation_views"] is None
+    assert len(tokenizer._plans) and not len(copy._plans) and copy._plans._views is None
     assert _same_forward(copy(images), expected)
     assert _same_forward(copy(images), expected)  # and planned again
     # A tokenizer pickled by an earlier version: no plans, its argument cache, the thresholds an attribute, a
     # threshold cache of another shape.
     old_state = {key: value for key, value in tokenizer.__dict__.items() if key not in ("_plans", "_normalisation_views")}
     old_state["thresholds"], old_state["pad_value"] = old_state.pop("_thresholds"), old_state.pop("_pad_value")
-    old_state["_numba_cache"] = {}
+    old_state["_numba_cache"], old_state["_normalisation_views"] = {}, None
     old_state["_threshold_cache"] = (((6.0, 5.0), "cpu"), torch.tensor([0.0, 6.0, 5.0]))
     old = PatchTokenizer.__new__(PatchTokenizer)
     old.__setstate__(old_state)

@@ -15,7 +15,8 @@ import torch
 from einops import rearrange
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..entropy import grid_shape
+from ..backends.torch_backend import output_mask, packed_boxes
+from ..contract import grid_shape
 from ..tokenizer import CLASS_TOKEN, PatchTokenizer, patch_groups
 
 
@@ -225,10 +226,10 @@ def from_naflex(batch: dict, tokenizer: PatchTokenizer, images: torch.Tensor | N
     counts = torch.stack([masks[size].flatten(1).sum(1) for size in sizes], dim=1).long()
     seqlens = (counts.sum(1) + 1).tolist()
     out["masks"] = masks
-    out["output_mask"] = tokenizer._output_mask(counts, seqlens)
+    out["output_mask"] = output_mask(counts, seqlens, tokenizer.num_scales)
     out["seqlens"] = seqlens
     out["cu_seqlens"] = torch.tensor([0, *seqlens], device=patches.device).cumsum(0).to(torch.int32)
-    out["token_boxes"] = tokenizer._packed_boxes(out, num_images, patches.device)
+    out["token_boxes"] = packed_boxes(out, tokenizer.patch_sizes, num_images, patches.device)
     out["max_seqlen"] = max(seqlens)
     out["retained_frac"] = sum(seqlens) / (num_images * height * width / base**2)
     return out

@@ -24,16 +24,13 @@ import warnings
 from pathlib import Path
 
 from .._io import make_dirs
+from ..errors import ClusterError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds ``connect`` waits for a scheduler to answer."""
 
 CHECKED_PACKAGES = ("apt_research", "torch", "numpy", "pandas", "pyarrow", "numba", "papermill")
 """Packages whose versions must agree between the client, the scheduler and every worker."""
-
-
-class ClusterError(RuntimeError):
-    """The Dask cluster cannot run the sweep: no scheduler answers, or its versions differ from the client's."""
 
 
 def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):

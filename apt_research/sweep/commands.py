@@ -14,7 +14,7 @@ MAX_RUNS = 1000
 
 
 def _jobs(text: str) -> int:
-    from ..cli import UsageError
+    from ..errors import UsageError
 
     try:
         jobs = int(text)
@@ -26,7 +26,7 @@ def _jobs(text: str) -> int:
 
 
 def _device(text: str | None) -> str | None:
-    from ..cli import UsageError
+    from ..errors import UsageError
     from .parameters import ParameterError, validate_params
 
     if text is None:
@@ -40,7 +40,7 @@ def _device(text: str | None) -> str | None:
 def _out(text: str | None, name: str) -> Path:
     """The sweep directory: new, empty, or a sweep directory apt-research made (``_io.check_claimable``)."""
     from .._io import OwnershipError, check_claimable
-    from ..cli import UsageError
+    from ..errors import UsageError
 
     out = Path(text) if text else Path("results") / name
     try:
@@ -62,7 +62,7 @@ def dry_run_listing(sweep, out: Path) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from ..cli import UsageError
+    from ..errors import UsageError
     from .cluster import ClusterError, connect, quiet_reconnects
     from .lock import SweepLocked
     from .report import build_report
@@ -104,7 +104,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..cli import UsageError
+    from ..errors import UsageError
     from .report import build_report
 
     from .._io import OwnershipError, require_owned

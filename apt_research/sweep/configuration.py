@@ -16,7 +16,8 @@ import pandas as pd
 
 from .._io import make_dirs
 from .layout import write_json, write_records
-from .maps import maps_for
+from . import shards
+from .maps import list_images, maps_for, shard_images
 from .models import ModelEvaluator
 from .parameters import PARAMETERS, ParameterError, closest, dataset_key, validate_params
 from .records import image_columns, threshold_records
@@ -70,14 +71,51 @@ def configuration_records(params: dict, cache_dir=None, sweep: str = "", run: st
     return table, skipped
 
 
+def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = "",
+                    run: str = "") -> tuple[pd.DataFrame, list[dict]]:
+    """A configuration's records, shard by shard: each kept shard is read back, each missing one computed and kept.
+
+    Without ``shard_size`` and without kept shards, the configuration is computed in one piece, as before
+    shards existed (no ``shards/`` directory is written).
+
+    Parameters
+    ----------
+    params : dict
+        A configuration; validated here.
+    run_dir : path
+        The run's directory, holding ``shards/``.
+    cache_dir : path, optional
+        Where importance maps are cached (one entry per shard).
+    sweep, run : str
+        The sweep's name and the run's id, written into every record.
+
+    Returns
+    -------
+    (pandas.DataFrame, list of dict)
+        One row per image per threshold setting, in image order, and the images that could not be read.
+    """
+    built = {}
+    params = validate_params(params, f"run {run or '(notebook)'}", checked=built)
+    source = list_images(params, built)  # the listing validation made: the folder is walked once
+    run_dir = Path(run_dir)
+    if params["shard_size"] is None and not (run_dir / shards.SHARDS).is_dir():
+        return configuration_records(params, cache_dir, sweep, run, source=source)
+    parts = []
+    for shard in shards.plan(params, len(source)):
+        kept = shards.load_shard(run_dir, shard)
+        if kept is None:
+            kept = configuration_records(params, cache_dir, sweep, run, shard=shard, source=shard_images(source, shard))
+            shards.save_shard(run_dir, shard, *kept)
+        parts.append(kept)
+    return shards.assemble_shards(params, parts)
+
+
 NOTEBOOK_NAMES = ("output_dir", "cache_dir", "sweep", "run_id")
 """The run notebook's parameters beyond the sweep parameters: where it writes and what it is part of."""
 
 
 def run_configuration(params: dict, output_dir, cache_dir=None, sweep: str = "", run: str = "") -> pd.DataFrame:
     """Run one configuration (every threshold setting of it) and write ``records.parquet`` into ``output_dir``."""
-    from .shards import sharded_records
-
     table, skipped = sharded_records(params, Path(output_dir), cache_dir, sweep, run)
     write_records(Path(output_dir), table, skipped)
     return table

@@ -21,10 +21,7 @@ from pathlib import Path
 import psutil
 
 from .._io import check_no_links, make_dirs, remove_file
-
-
-class SweepLocked(RuntimeError):
-    """Another sweep is writing to the same directory."""
+from ..errors import SweepLocked
 
 
 def _started(pid: int) -> float | None:

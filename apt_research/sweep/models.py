@@ -22,7 +22,8 @@ import torch
 
 from .._io import atomic_path
 from ..datasets import SYNTHETIC_KINDS
-from .parameters import run_scorer_options
+from .._validation import closest
+from ..scorers import options_with_bins
 
 SYNTHETIC_MODEL = "synthetic"
 """The ``model`` name of the small ViT trained in-process on the synthetic kinds (``train_synthetic_vit``)."""
@@ -68,8 +69,6 @@ def check_model(name: str, pretrained: bool, options: dict) -> None:
             raise ValueError(f"key 'pretrained' is false, but model {name!r} is trained in the run: expected true")
         return
     if not timm.is_model(name):
-        from .parameters import closest
-
         raise ValueError(f"key 'model' expects a timm model name or {SYNTHETIC_MODEL!r}, got {name!r}"
                          f"{closest(name, timm.list_models())}")
 
@@ -148,7 +147,7 @@ class ModelEvaluator:
         model = model.to(device)
         # Placeholder thresholds: ``records`` sets each setting's (calibrated ones are known only later).
         self.apt = from_timm(model, params["num_scales"], [0.0] * (params["num_scales"] - 1), params["method"],
-                             **run_scorer_options(params))
+                             **options_with_bins(params["method"], params["method_options"], params["bins"]))
         if self.apt.patch_size != params["patch_size"]:
             raise ValueError(f"model {params['model']!r} has patch size {self.apt.patch_size}, but the key "
                              f"'patch_size' is {params['patch_size']}; expected them equal")

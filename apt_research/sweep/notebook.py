@@ -24,16 +24,13 @@ from .._io import atomic_path, make_dirs, remove_file
 from .layout import read_warnings, run_directory, write_json
 from .plain import check_plain
 from .provenance import PACKAGE_ROOT, provenance
+from ..errors import KernelKilled
 
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run.ipynb"
 KERNEL_START_TRIES = 4
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 # The signal that ended this thread's last kernel, if one did (runs execute one per thread).
 _kernel_exit = threading.local()
-
-
-class KernelKilled(RuntimeError):
-    """A run's kernel process was ended by a signal (a native crash, or killed from outside)."""
 
 
 class IPCKernelManager(AsyncKernelManager):

@@ -6,7 +6,7 @@ is executed (``execution=True``: shards, batches, device; the records are the sa
 derive: spec and notebook validation (``validate_params``), run ids (a hash of the validated
 parameters but the execution ones), cache keys (``MAP_KEYS``), the parameters that vary between
 runs or records (``varied_parameters``: the report's columns and the dry-run listing), and the
-README's parameter table (``parameter_table``).
+parameter table of docs/sweeps.md (``parameter_table``).
 
 Relative folder paths (``dataset: photos/`` or ``dataset_options: {root: photos/}``) resolve
 against a base directory: the spec file's directory for a spec, the working directory otherwise.
@@ -14,7 +14,6 @@ against a base directory: the spec file's directory for a spec, the working dire
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import math
@@ -27,10 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..calibration import STRATEGIES
 from ..datasets import DATASETS, RESIZE_POLICIES, load_dataset
-from .._validation import check_extent
+from .._validation import check_extent, closest
 from ..contract import MAX_BINS
 from ..scorers import SCORERS, get_scorer, options_with_bins, scorer_options
-from ..vit import VIT_CONFIGS
+from ..models.vit import VIT_CONFIGS
+from ..errors import ParameterError
 
 Threshold = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -289,16 +289,6 @@ def varied_parameters(columns: Mapping[str, Iterable]) -> list[str]:
     return varied
 
 
-class ParameterError(ValueError):
-    """A configuration that does not validate; the message names the key, the value and what was expected."""
-
-
-def closest(name: str, known) -> str:
-    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or an empty string."""
-    match = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def unknown_key(name: str, where: str = "") -> str:
     """The message for a key that is not a parameter, naming the closest parameter."""
     return f"unknown key '{where}{name}'{closest(name, PARAMETERS)} (known: {', '.join(PARAMETERS)})"
@@ -366,7 +356,7 @@ def validate_params(params: dict, where: str, base=None, checked: dict | None = 
     >>> validate_params({"num_scale": 2}, "example")
     Traceback (most recent call last):
     ...
-    apt_research.sweep.parameters.ParameterError: example: unknown key 'num_scale' (did you mean 'num_scales'?) ...
+    apt_research.errors.ParameterError: example: unknown key 'num_scale' (did you mean 'num_scales'?) ...
     """
     try:
         model = Parameters.model_validate(params, context={"base": base, "checked": checked})
@@ -377,7 +367,7 @@ def validate_params(params: dict, where: str, base=None, checked: dict | None = 
 
 def parameter_table() -> str:
     """The parameters as a markdown table (name, default, changes the maps, part of the run id, doc), as the
-    README shows it."""
+    docs/sweeps.md shows it."""
     lines = ["| parameter | default | changes the maps | part of the run id | meaning |", "|---|---|---|---|---|"]
     for name, field in Parameters.model_fields.items():
         default = "none" if field.default is None else f"`{field.default}`"

@@ -14,15 +14,12 @@ import math
 from pathlib import PurePath
 
 import yaml
+from ..errors import NotPlainData
 
 _SCALARS = {"tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
             "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"}
 _SEQUENCE, _MAPPING = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
 PLAIN = "plain data (strings, numbers, true/false, null, lists and mappings with string keys)"
-
-
-class NotPlainData(ValueError):
-    """A value that is not plain data, or a YAML document that holds one; the message names its key path."""
 
 
 def _key_path(path: str, key) -> str:

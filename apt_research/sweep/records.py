@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..analysis import entropy_statistics, fidelity, reconstruct, token_record
-from ..costmodel import vit_flops
+from ..models.costmodel import vit_flops
 from ..selection import select_patches_by_threshold
-from ..vit import VIT_CONFIGS
+from ..models.vit import VIT_CONFIGS
 
 
 def threshold_label(thresholds) -> str:

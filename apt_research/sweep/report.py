@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .. import figures
+from ..presentation import figures
 from .._io import atomic_path, remove_file, require_owned
-from ..report_html import markdown_table, write_html_report
+from .report_html import markdown_table, write_html_report
 from ..selection import select_patches_by_threshold
 from .layout import read_skipped, run_state, spec_run_ids
 from .cache import load_entry
 from .maps import entry_path
-from ..vit import VIT_CONFIGS
+from ..models.vit import VIT_CONFIGS
 from .parameters import PARAMETERS
 from .parameters import varied_parameters as varied_by_value
 

@@ -77,7 +77,7 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
             tqdm.write("measure_speed times a ViT on this machine: runs go one at a time (--jobs 1) so none competes")
             jobs = 1
         executor = NotebookExecutor(jobs)
-    from .._numba import ensure_kernels
+    from ..backends.numba_backend.kernel_cache import ensure_kernels
 
     ensure_kernels()  # a first use compiles them here, saying so, before the runs' processes start and load them
     with DirectoryLock(sweep_dir):

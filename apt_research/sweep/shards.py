@@ -21,7 +21,7 @@ import pandas as pd
 
 from .._io import atomic_path, make_dirs, remove_tree
 from .layout import write_json
-from .maps import list_images, shard_images
+from .maps import list_images
 
 SHARDS = "shards"
 
@@ -75,48 +75,6 @@ def load_shard(run_dir: Path, shard: tuple[int, int]) -> tuple[pd.DataFrame, lis
 def clear_shards(run_dir: Path) -> None:
     """Remove the shards kept for the run in ``run_dir`` (a run started afresh, without ``--resume``)."""
     remove_tree(Path(run_dir) / SHARDS)
-
-
-def sharded_records(params: dict, run_dir: Path, cache_dir=None, sweep: str = "",
-                    run: str = "") -> tuple[pd.DataFrame, list[dict]]:
-    """A configuration's records, shard by shard: each kept shard is read back, each missing one computed and kept.
-
-    Without ``shard_size`` and without kept shards, the configuration is computed in one piece, as before
-    shards existed (no ``shards/`` directory is written).
-
-    Parameters
-    ----------
-    params : dict
-        A configuration; validated here.
-    run_dir : path
-        The run's directory, holding ``shards/``.
-    cache_dir : path, optional
-        Where importance maps are cached (one entry per shard).
-    sweep, run : str
-        The sweep's name and the run's id, written into every record.
-
-    Returns
-    -------
-    (pandas.DataFrame, list of dict)
-        One row per image per threshold setting, in image order, and the images that could not be read.
-    """
-    from .configuration import configuration_records
-    from .parameters import validate_params
-
-    built = {}
-    params = validate_params(params, f"run {run or '(notebook)'}", checked=built)
-    source = list_images(params, built)  # the listing validation made: the folder is walked once
-    run_dir = Path(run_dir)
-    if params["shard_size"] is None and not (run_dir / SHARDS).is_dir():
-        return configuration_records(params, cache_dir, sweep, run, source=source)
-    parts = []
-    for shard in plan(params, len(source)):
-        kept = load_shard(run_dir, shard)
-        if kept is None:
-            kept = configuration_records(params, cache_dir, sweep, run, shard=shard, source=shard_images(source, shard))
-            save_shard(run_dir, shard, *kept)
-        parts.append(kept)
-    return assemble_shards(params, parts)
 
 
 def assemble_shards(params: dict, parts: list[tuple[pd.DataFrame, list[dict]]]) -> tuple[pd.DataFrame, list[dict]]:

@@ -20,12 +20,9 @@ from pathlib import Path
 
 from .parameters import EXECUTION_KEYS, PARAMETERS, ParameterError, unknown_key, validate_params
 from .plain import NotPlainData, check_plain, load_yaml
+from ..errors import SpecError
 
 TOP_LEVEL = ("name", "description", "fixed", "grid", "zip")
-
-
-class SpecError(ValueError):
-    """A malformed sweep spec."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..speed import measure_speedup
+from ..models.speed import measure_speedup
 
 
 def measured_speed(params: dict, rows: list[dict]) -> dict:
