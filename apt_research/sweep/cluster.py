@@ -109,8 +109,13 @@ def check_versions(client) -> None:
 
 
 def scheduler_lost(client, error: BaseException) -> bool:
-    """Whether ``error`` (a shard's failure) means the scheduler went away, not that the shard failed."""
-    return getattr(error, "reason", None) == "scheduler-connection-lost" or client.status not in ("running", "newly-created")
+    """Whether ``error`` (a shard's failure) means the scheduler went away, not that the shard failed: its futures
+    cancelled for a lost connection, the client's connection closed under a result being gathered, or a client
+    no longer running."""
+    from distributed.comm.core import CommClosedError
+
+    return (getattr(error, "reason", None) == "scheduler-connection-lost" or isinstance(error, CommClosedError)
+            or client.status not in ("running", "newly-created"))
 
 
 class _DropReconnectTracebacks(logging.Filter):
