@@ -4,6 +4,7 @@ Layout of a sweep directory::
 
     results/<sweep>/.apt-research.json        the marker: a sweep directory apt-research made (``_io.claim``)
     results/<sweep>/spec.yaml                 the expanded spec (what ran)
+    results/<sweep>/spec.source.yaml          the spec as the user wrote it (shown by the report)
     results/<sweep>/runs/<run_id>/run.ipynb   the executed notebook (the record of the run)
                                   records.parquet  one row per image per threshold setting
                                   skipped.json     images that could not be read (if any)
@@ -29,6 +30,9 @@ import pandas as pd
 from .. import _io
 from .._io import atomic_path, write_atomic
 
+
+SOURCE_FILE = "spec.source.yaml"
+"""The spec's text as the user wrote it (``spec.Sweep.source_text``), kept beside the expanded ``spec.yaml``."""
 
 RECORD_COLUMNS = ("run_id", "image", "dataset", "retention")
 """Columns every run's ``records.parquet`` has (``records.threshold_records``); a file without them is not ours."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +9,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from ..presentation import figures
 from .._io import atomic_path, remove_file, require_owned
-from .report_html import markdown_table, write_html_report
+from .report_html import MISSING, markdown_table, write_html_report
 from ..selection import select_patches_by_threshold
 from .layout import read_skipped, run_state, spec_run_ids
 from .cache import load_entry
@@ -107,8 +105,8 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
     keys = config_columns(records)
     records = records.copy()
     sizes = _scale_sizes(records)
-    for size in sizes:
-        records[f"mix_{size}"] = records[f"tokens_{size}"].fillna(0) / records["tokens_total"]
+    for size in sizes:  # a scale the configuration lacks (fewer num_scales) is missing; one it has but left unused is 0
+        records[f"mix_{size}"] = records[f"tokens_{size}"] / records["tokens_total"]
     records["psnr_finite"] = records["psnr"].replace([np.inf, -np.inf], np.nan)
     aggregations = {
         "images": ("image", "count"),
@@ -188,92 +186,46 @@ def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3)
 
 
 def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[str]:
-    """The report's figures as PDF and PNG in ``out_dir``; returns their names."""
-    figures.paper_style()
+    """The report's figures (``presentation.report_figures``) as PDF and PNG in ``out_dir``; returns their names.
+
+    Each is drawn in the one paper style (``presentation.style``, applied for these figures only) and is
+    3.35 in (one column) or 6.9 in (two columns) wide; every data set has one colour in all of them.
+    """
+    from ..presentation import report_figures, style
+
     made = []
     records = records.assign(threshold=_threshold_axis(records), configuration=configuration_label(records))
     summary = summary.assign(configuration=configuration_label(summary))
-    order = sorted(records["dataset"].unique())
-    palette = figures.dataset_palette(order)
-    hue = {"hue": "dataset", "hue_order": order, "palette": palette}
+    palette = figures.dataset_palette(sorted(records["dataset"].astype(str).unique()))
 
     def save(figure, name):
-        figures.save_figure(figure, out_dir / name)
-        plt.close(figure)
+        try:
+            figures.save_figure(figure, out_dir / name)
+        finally:
+            plt.close(figure)
         made.append(name)
 
-    figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.lineplot(data=records, x="threshold", y="retention", style="configuration", marker="o", errorbar=("pi", 50),
-                 ax=ax, **hue)
-    ax.set(xlabel="threshold (largest of the setting)", ylabel="retention (tokens / base grid)",
-           title="line: mean over images, band: interquartile range")
-    save(figure, "retention_vs_threshold")
-
-    sizes = _scale_sizes(records)
-    long = records.melt(id_vars=["dataset"], value_vars=[f"score_{s}_mean" for s in sizes if f"score_{s}_mean" in records],
-                        var_name="scale", value_name="score")
-    long["scale"] = long["scale"].str.split("_").str[1] + " px"
-    figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.boxplot(data=long.dropna(), x="scale", y="score", fliersize=1, ax=ax, **hue)
-    ax.set(ylabel="mean patch score per image (bits for entropy)", xlabel="patch size")
-    save(figure, "entropy_distributions")
-
-    mix = summary.assign(setting=summary[config_columns(summary)].astype(str).agg(" | ".join, axis=1))
-    mix_cols = [f"mix_{s}" for s in sizes if f"mix_{s}" in mix]
-    figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN * 2, 0.25 * len(mix) + 1.0))
-    mix.set_index("setting")[mix_cols].rename(columns=lambda c: c[4:] + " px").plot.barh(stacked=True, ax=ax, width=0.8)
-    ax.set(xlabel="share of tokens per patch size", ylabel="")
-    ax.legend(loc="lower right", fontsize=6)
-    save(figure, "scale_mix")
-
-    figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-    sns.scatterplot(data=summary, x="retention_mean", y="psnr_mean", style="configuration", ax=ax, **hue)
-    for dataset, part in summary.sort_values("retention_mean").groupby("dataset"):
-        ax.plot(part["retention_mean"], part["psnr_mean"], linewidth=0.6, alpha=0.6, color=palette[dataset])
-    ax.set(xlabel="retention (mean)", ylabel="PSNR of reconstruction (dB)")
-    save(figure, "fidelity_vs_retention")
-
-    if "speedup_pred_vit_b" in summary:
-        figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-        base = float(records["tokens_base_grid"].mean())
-        patch = int(records["patch_size"].iloc[0])
-        models = [model for model in VIT_CONFIGS if f"speedup_pred_{model}" in summary]
-        figures.plot_speedup_curves(ax, base, patch, models)
-        for model, marker in zip(models, itertools.cycle("os^D")):
-            ax.scatter(summary["retention_mean"], summary[f"speedup_pred_{model}"], marker=marker, s=10,
-                       color="0.3", zorder=3)
-            if f"measured_speedup_{model}" in summary:
-                ax.scatter(summary["retention_mean"], summary[f"measured_speedup_{model}"], marker=marker, s=28,
-                           facecolor="none", edgecolor="C3", zorder=4, label=f"{model} measured")
-        ax.set(xlabel="retention (mean)", ylabel="ViT speedup over uniform patches",
-               title="lines: cost model; dots: configurations; circles: measured")
-        ax.legend(fontsize=6)
-        save(figure, "speedup_vs_retention")
-
-        figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.4))
-        sns.scatterplot(data=summary, x="speedup_pred_vit_b", y="psnr_mean", style="configuration", ax=ax, **hue)
-        ax.set(xlabel="predicted ViT-B speedup (cost model)", ylabel="PSNR of reconstruction (dB)")
-        save(figure, "fidelity_vs_speedup")
-
-    if "agreement" in summary:
-        curve = "configuration" if summary["dataset"].nunique() == 1 else "data set | configuration"
-        curves = summary.assign(**{"data set | configuration": summary["dataset"].astype(str) + " | "
-                                                                + summary["configuration"]})
-        save(figures.plot_model_vs_retention(curves, curve=curve), "model_vs_retention")
-
-    for column in varied_parameters(records):  # one panel per varied parameter: the ablation of that parameter
-        figure, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH_IN * 2, 2.4))
-        dodge = 0.3 if records["dataset"].nunique() > 1 else False
-        sns.pointplot(data=records, x=column, y="retention", errorbar=("pi", 50), dodge=dodge, ax=axes[0], **hue)
-        sns.pointplot(data=records, x=column, y="ssim", errorbar=("pi", 50), dodge=dodge, ax=axes[1], **hue)
-        axes[0].set(ylabel="retention (mean, interquartile bars)")
-        axes[1].set(ylabel="SSIM of reconstruction")
-        figure.tight_layout()
-        save(figure, f"{column}_ablation")
-
-    examples = example_patch_grids(out_dir.parent, records)
-    if examples:
-        save(figures.plot_dataset_examples(examples, columns=2, palette=palette), "dataset_examples")
+    with style.paper_context():
+        save(report_figures.plot_retention_vs_threshold(records, palette), "retention_vs_threshold")
+        if any(f"score_{size}_mean" in records for size in _scale_sizes(records)):
+            save(report_figures.plot_entropy_distributions(records, palette), "entropy_distributions")
+        save(report_figures.plot_scale_mix(summary), "scale_mix")
+        save(report_figures.plot_fidelity_vs_retention(summary, palette), "fidelity_vs_retention")
+        if any(column.startswith("speedup_pred_") for column in summary):
+            save(report_figures.plot_speedup_vs_retention(records, summary, palette), "speedup_vs_retention")
+        if "speedup_pred_vit_b" in summary:
+            save(report_figures.plot_fidelity_vs_speedup(summary, palette, "vit_b"), "fidelity_vs_speedup")
+        if "agreement" in summary:  # a line per data set (colour) and configuration (marker, when one varies)
+            curves = summary.assign(curve=summary["dataset"].astype(str) + " | " + summary["configuration"])
+            marker = "configuration" if summary["configuration"].nunique() > 1 else "dataset"
+            save(figures.plot_model_vs_retention(curves, curve="curve" if marker == "configuration" else "dataset",
+                                                 colour_by="dataset", marker_by=marker, palette=palette),
+                 "model_vs_retention")
+        for column in varied_parameters(records):  # one figure per varied parameter: the ablation of that parameter
+            save(report_figures.plot_ablation(records, column, palette), f"{column}_ablation")
+        examples = example_patch_grids(out_dir.parent, records)
+        if examples:
+            save(figures.plot_dataset_examples(examples, columns=2, palette=palette), "dataset_examples")
     return made
 
 
@@ -293,42 +245,393 @@ def _remove_stale(sweep_dir: Path, made: list[str]) -> None:
             remove_file(sweep_dir / "figures" / f"{name}{suffix}")
 
 
+REFERENCE_RETENTION = 0.5
+"""The retention at which the opening summary gives each data set's fidelity: its configuration nearest to it."""
+
+LABEL_CHARACTERS = 32
+"""A parameter value longer than this is cut in the summary's sentences and a pivot's headers (``_short_texts``)."""
+
+PIVOT_COLUMNS = 6
+"""At most this many value columns in a pivoted table (``setting_pivot``)."""
+
+COLUMN_LABELS = {
+    "images": "images", "retention_mean": "retention mean", "retention_median": "retention median",
+    "retention_p10": "retention p10", "retention_p90": "retention p90", "savings_mean": "savings mean",
+    "tokens_mean": "tokens mean", "psnr_mean": "PSNR (dB)", "ssim_mean": "SSIM", "agreement": "agreement",
+    "top1_accuracy": "top-1 APT", "uniform_top1_accuracy": "top-1 uniform", "kl_mean": "KL mean",
+}
+"""Short headers of the summary's columns in the report's tables (``column_key`` explains each)."""
+
+_FORMATS = {"tokens_mean": ".1f", "psnr_mean": ".2f"}
+"""Decimals of the columns that do not take three (``_shown``)."""
+
+_SETTING_WORDS = {"dataset": "data set", "thresholds": "threshold setting", "target_retention": "target retention"}
+
+
+def _model_name(model: str) -> str:
+    """``vit_b`` as ``ViT-B``; any other model's name as it is."""
+    return f"ViT-{model[4:].upper()}" if model.startswith("vit_") else model
+
+
+def column_label(column: str) -> str:
+    """The short header a report table gives summary column ``column`` (``mix_16``: ``16 px``)."""
+    if column in COLUMN_LABELS:
+        return COLUMN_LABELS[column]
+    if column.startswith("mix_"):
+        return f"{column[4:]} px"
+    if column.startswith("speedup_pred_"):
+        return _model_name(column.removeprefix("speedup_pred_"))
+    if column.startswith("measured_speedup_"):
+        return f"{_model_name(column.removeprefix('measured_speedup_'))} measured"
+    return column
+
+
+def _value_text(value) -> str:
+    """A parameter's value as the report writes it: ``none`` for no value (``limit: null``, a value and not a
+    missing one), JSON for lists and mappings, a whole number without ``.0``, else ``str``."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return "none"
+    if isinstance(value, float) and value.is_integer():  # an integer column that a none made float (limit)
+        return str(int(value))
+    return str(value)
+
+
+def _shown(table: pd.DataFrame) -> str:
+    """``table`` as a report's markdown table: parameter values as text, metrics under their short headers, three
+    decimals, every missing value written one way (``report_html.MISSING``)."""
+    table = table.copy()
+    for column in table:
+        if column in PARAMETERS:
+            table[column] = table[column].map(_value_text)
+    formats = [_FORMATS.get(column, ".3f") for column in table]
+    return markdown_table(table.rename(columns=column_label), formats)
+
+
+def entropy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per data set x configuration (threshold settings aside: they do not change the scores) x patch size
+    the configuration has: the mean over images of each image's mean, std and median score at that size.
+
+    A patch size the configuration lacks (fewer ``num_scales``) has no row; one it has whose scores are all
+    padding keeps its row, with its statistics missing.
+    """
+    keys = [key for key in config_columns(summary) if key not in SETTING_COLUMNS]
+    sizes = sorted(int(column[4:]) for column in summary if column.startswith("mix_"))
+    present = {size: summary[f"mix_{size}"].notna() for size in sizes}
+    rows = []
+    for index in summary[keys].astype(str).drop_duplicates().index:
+        row = summary.loc[index]
+        for size in sizes:
+            if present[size][index]:
+                rows.append({**{key: row[key] for key in keys}, "scale": f"{size} px",
+                             **{stat: row.get(f"score_{size}_{stat}", np.nan) for stat in ("mean", "std", "p50")}})
+    return pd.DataFrame(rows, columns=[*keys, "scale", "mean", "std", "p50"])
+
+
 def report_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The report's tables by title; each starts with the columns that tell configurations apart."""
+    """The report's detailed tables by title, each a few columns wide; each starts with the columns that tell
+    configurations apart."""
     keys = config_columns(summary)
-    return {
+    measured = [c for c in summary if c.startswith("measured_speedup_") and summary[c].notna().any()]
+    tables = {
         "Token savings and fidelity per data set and configuration":
-            summary[keys + ["images", "retention_mean", "retention_p10", "retention_p90", "savings_mean", "psnr_mean",
+            summary[keys + ["images", "retention_mean", "retention_p10", "retention_p90", "tokens_mean", "psnr_mean",
                             "ssim_mean"]],
-        "Token budgets and speed (cost model; measured where the spec asked)":
-            summary[keys + ["retention_mean", "psnr_mean", "ssim_mean"]
-                    + [c for c in summary if c.startswith(("speedup_pred_", "measured_"))]],
-        **({"Classifier on APT against uniform tokens (agreement, top-1 accuracy, KL)":
-            summary[keys + ["retention_mean", "agreement", "top1_accuracy", "uniform_top1_accuracy",
-                            "kl_mean", "psnr_mean", "ssim_mean"]]} if "agreement" in summary else {}),
-        "Scale mix (share of tokens per patch size)": summary[keys + [c for c in summary if c.startswith("mix_")]],
-        "Entropy statistics (mean over images of each image's per-scale statistic)":
-            summary[[k for k in keys if k not in SETTING_COLUMNS]
-                    + [c for c in summary if c.startswith("score_")]].drop_duplicates(),
+        "Token budgets and speed: ViT speedup over uniform patches, predicted by the cost model":
+            summary[keys + ["retention_mean", "tokens_mean"] + [c for c in summary if c.startswith("speedup_pred_")]],
     }
+    if measured:
+        tables["Measured speed: ViT speedup over uniform patches, timed in the runs"] = summary[
+            keys + ["retention_mean", *measured]]
+    if "agreement" in summary:
+        tables["Classifier on APT against uniform tokens (agreement, top-1 accuracy, KL)"] = summary[
+            keys + ["retention_mean", "agreement", "top1_accuracy", "uniform_top1_accuracy", "kl_mean"]]
+    tables["Scale mix (share of tokens per patch size)"] = summary[keys + [c for c in summary if c.startswith("mix_")]]
+    entropy = "Entropy statistics (mean over images of each image's statistic at each patch size)"
+    tables[entropy] = entropy_table(summary)
+    return tables
 
 
-def _results_markdown(sweep_dir: Path, records: pd.DataFrame, summary: pd.DataFrame, made: list[str]) -> list[str]:
-    fixed = ", ".join(f"{k}={v}" for k, v in fixed_parameters(records).items())
-    lines = [f"{len(records)} records from {records['run_id'].nunique()} finished run(s), "
-             f"{records['image'].nunique()} distinct images.", "", f"Fixed parameters: {fixed}.", ""]
-    for title, table in report_tables(summary).items():
-        lines += [f"## {title}", "", markdown_table(table, ".3f"), ""]
-    lines += ["## Figures", ""]
+def setting_pivot(summary: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Summary column ``value`` as a compact table: one row per threshold setting (and each further varied
+    parameter), one column per data set, split by the varied parameter with the fewest values too where that
+    keeps the table at most ``PIVOT_COLUMNS`` columns of values. Rows and columns keep the summary's order; a
+    configuration the sweep did not run is missing."""
+    keys = config_columns(summary)
+    text = _short_texts(summary[keys])
+    across = ["dataset"]
+    fitting = [key for key in varied_parameters(summary)
+               if len(text[[*across, key]].drop_duplicates()) <= PIVOT_COLUMNS and len(keys) > len(across) + 1]
+    if fitting:  # the one that leaves the fewest rows (not one that changes with the setting), then the shortest
+        across.append(min(fitting, key=lambda k: (len(text[[c for c in keys if c not in (*across, k)]]
+                                                       .drop_duplicates()), text[k].str.len().max())))
+    down = [key for key in keys if key not in across] or ["setting"]
+    text = text.assign(setting="all") if down == ["setting"] else text
+    columns = text[across].apply(lambda row: ", ".join(v if k == "dataset" else f"{k}={v}" for k, v in row.items()),
+                                 axis=1)
+    frame = text[down].assign(_column=columns, _value=summary[value])
+    rows = frame[down].drop_duplicates()
+    table = frame.pivot(index=down, columns="_column", values="_value")
+    index = pd.MultiIndex.from_frame(rows) if len(down) > 1 else pd.Index(rows[down[0]], name=down[0])
+    table = table.reindex(index=index, columns=list(dict.fromkeys(columns)))
+    table.columns.name = None
+    return table.reset_index()
+
+
+def column_key(summary: pd.DataFrame) -> list[str]:
+    """What each short header of the report's tables means, with its column in ``summary.csv``: markdown lines."""
+    key = ["**retention mean, p10, p90**: tokens kept over the tokens of the uniform grid of base patches; mean, "
+           "10th and 90th percentile over images (`retention_mean`, `retention_p10`, `retention_p90` in summary.csv; "
+           "savings = 1 − retention). **tokens mean**: tokens kept per image (`tokens_mean`).",
+           "**PSNR (dB)**, **SSIM**: the image rebuilt from its kept tokens against the image, mean over images; "
+           "an infinite PSNR (an exact rebuild) left out (`psnr_mean`, `ssim_mean`).",
+           "**ViT-S**, **ViT-B**, ...: the speedup over uniform base patches that the cost model predicts (FLOPs of "
+           "the uniform tokens over FLOPs of the APT tokens, summed over images; `speedup_pred_<model>`)."]
+    if any(column.startswith("measured_speedup_") for column in summary):
+        key.append("**ViT-B measured**, ...: the speedup timed in the runs (`measured_speedup_<model>`).")
+    if "agreement" in summary:
+        key.append("**agreement**: share of images whose top-1 class on APT tokens is the one on uniform tokens; "
+                   "**top-1 APT**, **top-1 uniform**: top-1 accuracy on each; **KL mean**: KL divergence of the APT "
+                   "softmax from the uniform one, nats (`agreement`, `top1_accuracy`, `uniform_top1_accuracy`, "
+                   "`kl_mean`).")
+    key += ["**16 px**, **32 px**, ...: share of a configuration's tokens of that patch size (`mix_<size>`); 0 where "
+            "the configuration has the patch size and used none of it.",
+            "**scale**, **mean**, **std**, **p50**: each image's mean, standard deviation and median score at that "
+            "patch size (bits for entropy), mean over images (`score_<size>_<stat>`).",
+            f"**{MISSING}**: no value: a patch size the configuration does not have, a metric that was not computed, "
+            "a configuration the sweep did not run."]
+    return [f"- {line}" for line in key]
+
+
+def _count(number, word: str) -> str:
+    """``2 runs``, ``1 run``."""
+    return f"{int(number)} {word}{'' if int(number) == 1 else 's'}"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _span(values: pd.Series) -> str:
+    """``35.5% to 80.7%`` (lowest to highest, as percentages); one percentage where they are all one."""
+    low, high = _percent(values.min()), _percent(values.max())
+    return low if low == high else f"{low} to {high}"
+
+
+def _short_texts(table: pd.DataFrame) -> pd.DataFrame:
+    """Each column's values as text (``_value_text``); a value longer than ``LABEL_CHARACTERS`` cut in the middle
+    (``/data/phot…/report``) where the cut values still tell the column's values apart."""
+    def cut(text: str) -> str:
+        half = (LABEL_CHARACTERS - 1) // 2
+        return text if len(text) <= LABEL_CHARACTERS else f"{text[:half]}…{text[-half:]}"
+
+    text = table.map(_value_text)
+    for column in text:
+        short = text[column].map(cut)
+        if short.nunique() == text[column].nunique():
+            text[column] = short
+    return text
+
+
+def _label(row: pd.Series, keys: list[str]) -> str:
+    """A configuration's parameters ``keys`` as ``bins=256, thresholds=6.5,5``."""
+    return ", ".join(f"{key}={_value_text(row[key])}" for key in keys)
+
+
+def _fidelity_words(row: pd.Series) -> str:
+    words = [f"mean SSIM {row['ssim_mean']:.3f}" if pd.notna(row.get("ssim_mean")) else "",
+             f"PSNR {row['psnr_mean']:.1f} dB" if pd.notna(row.get("psnr_mean")) else ""]
+    return " and ".join(word for word in words if word) or "no fidelity measured"
+
+
+def _agreement_words(row: pd.Series) -> str:
+    return f"{_percent(row['agreement'])} of the images at {_percent(row['retention_mean'])} retention"
+
+
+def _extremes(summary: pd.DataFrame, column: str, keys: list[str], show) -> str:
+    """``low (label) to high (label)`` of ``column`` over ``summary`` (the first row of each extreme); the one value
+    where there is one row."""
+    low, high = summary.loc[summary[column].idxmin()], summary.loc[summary[column].idxmax()]
+    if len(summary) == 1:
+        return f"{show(low)} ({_label(low, keys)})"
+    return f"{show(low)} ({_label(low, keys)}) to {show(high)} ({_label(high, keys)})"
+
+
+def _same(keys: list[str]) -> str:
+    words = [_SETTING_WORDS.get(key, key) for key in keys]
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else words[0]
+
+
+def _parameter_effect(summary: pd.DataFrame, key: str, keys: list[str]) -> str:
+    """How mean retention changes with parameter ``key`` between configurations equal in every other column
+    ``keys`` (data set, the other varied parameters, the threshold setting), per data set; where no two
+    configurations differ in ``key`` alone, its range of retention at each value instead. Thresholds calibrated
+    to a target retention follow from the configuration: configurations are then matched on the target."""
+    others = [k for k in keys if k != key and not (k == "thresholds" and "target_retention" in keys)]
+    text = summary[keys].map(_value_text)
+    values = list(dict.fromkeys(text[key]))
+    frame = text[others].assign(_value=text[key], _retention=summary["retention_mean"])
+    base = frame[frame["_value"] == values[0]]
+    clauses = []
+    for value in values[1:]:
+        pairs = base.merge(frame[frame["_value"] == value], on=others, suffixes=("_base", "_other"))
+        if pairs.empty:
+            continue
+        parts = []
+        for dataset, group in pairs.groupby("dataset", sort=False):
+            change = 100 * (group["_retention_other"] - group["_retention_base"])
+            if len(change) == 1:
+                detail = "1 pair"
+            elif f"{change.min():+.1f}" == f"{change.max():+.1f}":
+                detail = f"{len(change)} pairs, each {change.min():+.1f} pp"
+            else:
+                detail = f"mean of {len(change)} pairs, {change.min():+.1f} to {change.max():+.1f} pp"
+            parts.append(f"{change.mean():+.1f} pp on {dataset} ({detail})")
+        clauses.append(f"{key}={value} changes mean retention by " + ", ".join(parts))
+    if clauses:
+        return (f"Against {key}={values[0]}, with the same {_same(others)}: " + "; ".join(clauses) + ".")
+    together = [k for k in others if k != "dataset" and not set.intersection(
+        *(set(text.loc[text[key] == v, k]) for v in values))]
+    why = f" (it changes together with {', '.join(together)})" if together else ""
+    spans = "; ".join(f"{_span(summary.loc[text[key] == value, 'retention_mean'])} with {key}={value}"
+                      for value in values)
+    return (f"No two configurations differ in {key} alone{why}, so its effect on retention is not separated; "
+            f"over all data sets, mean retention is {spans}.")
+
+
+def report_summary_text(summary: pd.DataFrame, records: pd.DataFrame, not_finished=(),
+                        skipped: pd.DataFrame | None = None) -> list[str]:
+    """The report's opening sentences, each computed from the summary and labelled with the configuration(s) its
+    numbers come from.
+
+    What the sweep measured; each data set's fidelity at its configuration nearest ``REFERENCE_RETENTION`` (the
+    nearest, never interpolated, and named); the range of mean retention per data set; for each varied parameter,
+    the change in mean retention between configurations equal in everything else (per data set); the predicted
+    ViT-B speedup (the cost model: predicted, not timed); measured speedups and the classifier's agreement, where
+    the sweep has them; the runs that did not finish and the images that could not be read.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        ``summarise(records)``.
+    records : pandas.DataFrame
+        The finished runs' records (``run_id``, ``dataset``, ``image``).
+    not_finished : sequence of dict
+        The runs that did not finish (``load_records``: ``run_id``, ``state``, ``error``).
+    skipped : pandas.DataFrame, optional
+        The images that could not be read (``skipped_images``: ``run_id``, ``item``).
+
+    Returns
+    -------
+    list of str
+        One sentence each.
+    """
+    keys = config_columns(summary)
+    labels = [key for key in keys if key != "dataset"]
+    images = records.groupby("dataset")["image"].nunique()
+    counts = {name: images.get(full, 0) for full, name in zip(summary["dataset"], _short_texts(summary[["dataset"]])
+                                                              ["dataset"])}
+    summary = summary.assign(**_short_texts(summary[keys]))  # every label below names a configuration shortly
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    runs = records["run_id"].nunique()
+    varied = [f"{key} ({', '.join(values) if len(values) <= 4 else f'{len(values)} values'})"
+              for key in varied_parameters(summary) for values in [list(dict.fromkeys(summary[key]))]]
+    varied += [_count(summary[key].nunique(), _SETTING_WORDS[key]) for key in SETTING_COLUMNS if key in summary]
+    sentences = [f"{_count(len(summary), 'configuration')} from {_count(runs, 'finished run')} "
+                 f"on {_count(len(datasets), 'data set')} ("
+                 + ", ".join(f"{d}: {_count(counts[d], 'image')}" for d in datasets)
+                 + f"); varied: {_same(varied)}."]
+
+    nearest = []
+    for dataset in datasets:
+        rows = summary[summary["dataset"] == dataset]
+        best = rows.loc[(rows["retention_mean"] - REFERENCE_RETENTION).abs().idxmin()]
+        ties = int((rows["retention_mean"] == best["retention_mean"]).sum())
+        where = "; ".join(part for part in [_label(best, labels),
+                                            f"first of {ties} configurations at this retention" if ties > 1 else ""]
+                          if part)
+        nearest.append(f"{dataset} keeps {_percent(best['retention_mean'])} of its tokens with "
+                       f"{_fidelity_words(best)}" + (f" ({where})" if where else ""))
+    sentences.append(f"Near {100 * REFERENCE_RETENTION:g}% retention (each data set's configuration whose mean "
+                     "retention is nearest; not interpolated): " + "; ".join(nearest) + ".")
+
+    spans = [f"{_extremes(part, 'retention_mean', labels, lambda row: _percent(row['retention_mean']))} on {dataset}"
+             for dataset in datasets for part in [summary[summary["dataset"] == dataset]]]
+    sentences.append("Mean retention spans " + "; ".join(spans) + ".")
+
+    sentences += [_parameter_effect(summary, key, keys) for key in varied_parameters(summary)]
+
+    def speed(column):
+        return lambda row: f"{row[column]:.2f}x at {_percent(row['retention_mean'])} retention"
+
+    def preferred(prefix):  # ViT-B where the sweep has it, else the first; and the others
+        models = [c.removeprefix(prefix) for c in summary if c.startswith(prefix) and summary[c].notna().any()]
+        return ("vit_b" if "vit_b" in models else models[0], models) if models else (None, [])
+
+    model, predicted = preferred("speedup_pred_")
+    timed, measured = preferred("measured_speedup_")
+    if model:
+        column = f"speedup_pred_{model}"
+        rows = summary[summary[column].notna()]
+        sentences.append(f"The cost model predicts {_model_name(model)} speedups over uniform patches "
+                         f"{'from' if len(rows) > 1 else 'of'} {_extremes(rows, column, keys, speed(column))}"
+                         + ("" if timed else "; predicted, nothing was timed") + ".")
+    if timed:
+        column = f"measured_speedup_{timed}"
+        rows = summary[summary[column].notna()]
+        others = [_model_name(other) for other in measured if other != timed]
+        sentences.append(f"Measured {_model_name(timed)} speedups, timed in the runs: "
+                         f"{'from ' if len(rows) > 1 else ''}{_extremes(rows, column, keys, speed(column))}"
+                         + (f" ({', '.join(others)} timed too: see the table)" if others else "") + ".")
+    if "agreement" in summary and summary["agreement"].notna().any():
+        rows = summary[summary["agreement"].notna()]
+        sentences.append("The classifier's top-1 class on APT tokens is the one on uniform tokens for "
+                         f"{_extremes(rows, 'agreement', keys, _agreement_words)}.")
+
+    total = runs + len(not_finished)
+    states = pd.Series([str(problem.get("state")) for problem in not_finished]).value_counts()
+    finished = (f"All {runs} runs finished" if runs > 1 else "The run finished") if not not_finished else (
+        f"{runs} of {total} runs finished; " + ", ".join(f"{count} {state}" for state, count in states.items())
+        + " (listed under Runs that did not finish)")
+    if skipped is not None and not skipped.empty:
+        count, in_runs = skipped["item"].nunique(), skipped["run_id"].nunique()
+        sentences.append(f"{finished}; {_count(count, 'image')} could not be read and "
+                         f"{'were' if count > 1 else 'was'} left out of {_count(in_runs, 'run')} "
+                         "(listed under Skipped images).")
+    else:
+        sentences.append(f"{finished}; no image was skipped.")
+    return sentences
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` with the markdown characters that would make a link, code or emphasis of a value escaped."""
+    return "".join(f"\\{c}" if c in "\\`*[]" else c for c in text)
+
+
+def _results_markdown(sweep_dir: Path, records: pd.DataFrame, summary: pd.DataFrame, made: list[str],
+                      not_finished=()) -> list[str]:
+    skipped = skipped_images(sweep_dir, records["run_id"].unique())
+    lines = ["## Summary", ""]
+    lines += [f"- {_markdown_text(sentence)}" for sentence in report_summary_text(summary, records, not_finished,
+                                                                                  skipped)]
+    lines += ["", "## Figures", ""]
     lines += [f"![{name}](figures/{name}.png) ([PDF](figures/{name}.pdf))" for name in made]
-    lines.append("")
+    fixed = ", ".join(f"{k}={_value_text(v)}" for k, v in fixed_parameters(records).items())
+    lines += ["", "## Tables", "", f"{len(records)} records from {records['run_id'].nunique()} finished run(s), "
+              f"{records['image'].nunique()} distinct images. Fixed parameters: {_markdown_text(fixed)}.", "",
+              "Column key:", "", *column_key(summary), ""]
+    for title, value in (("Retention by setting (mean over images)", "retention_mean"),
+                         ("SSIM by setting (mean over images)", "ssim_mean")):
+        lines += [f"## {title}", "", _shown(setting_pivot(summary, value)), ""]
+    for title, table in report_tables(summary).items():
+        lines += [f"## {title}", "", _shown(table), ""]
     first_run = sweep_dir / "runs" / str(records["run_id"].iloc[0]) / "provenance.json"
     if first_run.exists():
         info = json.loads(first_run.read_text())
         lines += ["## Provenance", "", f"git commit `{info.get('git_commit')}`, Python {info.get('python')}, "
                   f"device {info.get('device')}, {info.get('platform')}", "",
                   "packages: " + ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items()), ""]
-    skipped = skipped_images(sweep_dir, records["run_id"].unique())
     if not skipped.empty:
         lines += ["## Skipped images (could not be read)", "", markdown_table(skipped, ".3f"), ""]
     return lines
@@ -364,7 +667,7 @@ def build_report(sweep_dir) -> Report:
         with atomic_path(sweep_dir / "summary.csv") as temporary:
             summary.to_csv(temporary, index=False)
         made = make_figures(records, summary, sweep_dir / "figures")
-        lines += _results_markdown(sweep_dir, records, summary, made)
+        lines += _results_markdown(sweep_dir, records, summary, made, problems)
     _remove_stale(sweep_dir, made)
     if problems:
         lines += ["## Runs that did not finish", ""]

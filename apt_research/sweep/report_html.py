@@ -2,9 +2,12 @@
 
 The page is rendered from the markdown the report already wrote (so both say
 the same), with every figure embedded as a data URI, every linked file of the
-sweep directory (the figures' PDFs) embedded as a download, the sweep's
-``spec.yaml`` and a table of its runs and their parameters appended, and its
-styles inline. It references nothing outside itself.
+sweep directory (the figures' PDFs) embedded as a download, the spec as the user
+wrote it (``spec.source.yaml``) with the expanded run list (``spec.yaml``) folded
+away, and a table of its runs and their parameters appended, and its styles
+inline. It references nothing outside itself. Every table fits a 1400 px wide
+window without a horizontal scrollbar (headers and text cells wrap); a table of
+more than ``FOLD_ROWS`` rows is folded in a ``<details>`` that says how many.
 
 ``find_chromium`` and
 ``screenshot`` render a page with headless Chromium (the tests and the docs'
@@ -14,6 +17,7 @@ screenshot use them).
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import mimetypes
@@ -30,11 +34,16 @@ import pandas as pd
 from PIL import Image
 
 from .._io import atomic_path, write_atomic
-from .parameters import varied_parameters
+from .layout import SOURCE_FILE
+from .parameters import PARAMETERS, varied_parameters
 
 log = logging.getLogger(__name__)
 
 MAX_EMBED_BYTES = 20 * 2**20
+MISSING = "—"
+"""How every table of the report writes a missing value (NaN or None): one way, in report.md and report.html."""
+FOLD_ROWS = 12
+"""report.html folds a table of more rows than this (``<details>``, its summary line giving the count)."""
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars")
@@ -51,14 +60,20 @@ body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; c
 h1 { font-size: 1.8em; border-bottom: 1px solid #d0d7de; padding-bottom: .3em; }
 h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #eaeef2; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; font-variant-numeric: tabular-nums;
-        display: block; overflow-x: auto; max-width: 100%; }
-th, td { border: 1px solid #d0d7de; padding: 4px 9px; white-space: nowrap; }
-th { background: #f3f5f8; font-weight: 600; }
+        max-width: 100%; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; }
+th { background: #f3f5f8; font-weight: 600; vertical-align: bottom; overflow-wrap: break-word; }
+td { overflow-wrap: anywhere; }
+td[style*="left"] { min-width: 6em; }
+td[style*="right"] { white-space: nowrap; }
 tr:nth-child(even) td { background: #f8fafc; }
+details { margin: .4em 0 1.2em; }
+details > summary { cursor: pointer; color: #0969da; font-size: 14px; }
+details[open] > summary { margin-bottom: .3em; }
 code, pre { font: 12.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f3f5f8;
             border-radius: 4px; }
-code { padding: 1px 4px; }
-pre { padding: 10px 14px; overflow-x: auto; }
+code { padding: 1px 4px; overflow-wrap: anywhere; }
+pre { padding: 10px 14px; white-space: pre-wrap; overflow-wrap: anywhere; }
 pre code { padding: 0; background: none; }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 16px; margin: 1em 0; }
 figure.wide { grid-column: 1 / -1; }
@@ -159,12 +174,6 @@ class _EmbeddingRenderer(mistune.HTMLRenderer):
         return f'<a href="{uri}" download="{mistune.escape(Path(unquote(url)).name)}">{text}</a>'
 
 
-def _fence(text: str) -> str:
-    """``text`` as a fenced code block whose fence no line of it can close."""
-    fence = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
-    return f"{fence}yaml\n{text.rstrip()}\n{fence}"
-
-
 def _read_json(path: Path, default):
     """``path``'s JSON, or ``default`` when it is absent, unreadable or of another type than ``default``."""
     try:
@@ -195,6 +204,103 @@ def runs_table(sweep_dir) -> pd.DataFrame:
     return table[[c for c in table if not c.startswith("param:")] + varying].rename(columns=lambda c: c.removeprefix("param:"))
 
 
+def _yaml_block(text: str, summary: str | None = None) -> str:
+    """``text`` as an escaped ``<pre>`` block, inside a ``<details>`` with ``summary`` when one is given."""
+    block = f'<pre><code class="language-yaml">{html.escape(text.rstrip())}\n</code></pre>'
+    return f"<details><summary>{html.escape(summary)}</summary>{block}</details>" if summary else block
+
+
+def _distinct(values: list) -> list:
+    """``values`` without repeats, in order (lists and mappings compared by content)."""
+    seen = {}
+    for value in values:
+        seen.setdefault(json.dumps(value, sort_keys=True, default=str), value)
+    return list(seen.values())
+
+
+def rebuilt_spec(expanded: dict) -> str:
+    """A compact spec rebuilt from an expanded ``spec.yaml`` (for a sweep folder made before ``spec.source.yaml``
+    was kept): ``fixed`` holds what no run changes (parameters at their default left out), ``grid`` and ``zip``
+    what varies (parameters whose values pair one to one are zipped), or ``varied`` with each parameter's values
+    where the runs are no grid of those."""
+    import yaml
+
+    runs = [{k: v for k, v in run.items() if k != "run_id"} for run in expanded.get("runs") or []
+            if isinstance(run, dict)]
+    keys = list(dict.fromkeys(key for run in runs for key in run))
+    values = {key: [run.get(key) for run in runs] for key in keys}
+    distinct = {key: _distinct(column) for key, column in values.items()}
+    fixed = {key: found[0] for key, found in distinct.items()
+             if len(found) == 1 and not (key in PARAMETERS and found[0] == PARAMETERS[key])}
+    varying = [key for key in keys if len(distinct[key]) > 1]
+
+    def pairs(*group):
+        return len(_distinct([[run.get(key) for key in group] for run in runs]))
+
+    groups = []
+    for key in varying:
+        partner = next((group for group in groups
+                        if pairs(group[0], key) == len(distinct[key]) == len(distinct[group[0]])), None)
+        if partner:
+            partner.append(key)
+        else:
+            groups.append([key])
+    spec = {"name": expanded.get("name"), "description": expanded.get("description"), "fixed": fixed}
+    zipped = [group for group in groups if len(group) > 1]
+    grid_size = 1
+    for group in groups:
+        grid_size *= len(distinct[group[0]])
+    if len(zipped) <= 1 and grid_size == len(runs) == pairs(*varying):
+        spec["grid"] = {group[0]: distinct[group[0]] for group in groups if len(group) == 1}
+        spec["zip"] = {key: distinct[key] for key in (zipped[0] if zipped else [])}
+    else:
+        spec["varied"] = {key: distinct[key] for key in varying}
+    spec = {key: value for key, value in spec.items() if value or key in ("name", "fixed")}
+    header = ("# Rebuilt from spec.yaml (this sweep folder predates spec.source.yaml, the spec as written); "
+              "parameters at their default are left out.\n")
+    return header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
+
+
+def spec_html(sweep_dir) -> str:
+    """The sweep's spec as the user wrote it (``spec.source.yaml``; rebuilt from ``spec.yaml`` when the folder has
+    none), then the expanded run list (``spec.yaml``) folded away: an HTML section, empty without ``spec.yaml``."""
+    import yaml
+
+    sweep_dir = Path(sweep_dir)
+    expanded_path, source_path = sweep_dir / "spec.yaml", sweep_dir / SOURCE_FILE
+    if not expanded_path.is_file():
+        return ""
+    expanded_text = expanded_path.read_text()
+    try:
+        expanded = yaml.safe_load(expanded_text)
+    except yaml.YAMLError:
+        expanded = None
+    expanded = expanded if isinstance(expanded, dict) else {}
+    runs = expanded.get("runs") if isinstance(expanded.get("runs"), list) else []
+    if source_path.is_file():
+        title, source = f"Sweep spec, as written ({SOURCE_FILE})", source_path.read_text()
+    else:
+        title, source = "Sweep spec (rebuilt from spec.yaml)", rebuilt_spec(expanded)
+    return (f"<h2>{html.escape(title)}</h2>\n{_yaml_block(source)}\n"
+            + _yaml_block(expanded_text, f"Sweep parameters (spec.yaml): the expanded list of {len(runs)} "
+                                         f"run{'' if len(runs) == 1 else 's'}, every parameter of each") + "\n")
+
+
+_TABLE = re.compile(r"<table>.*?</table>\n?", re.S)
+
+
+def fold_long_tables(body: str) -> str:
+    """Each table of ``body`` with more than ``FOLD_ROWS`` rows inside a ``<details>`` whose summary line gives its
+    row count (cells are escaped text, so no cell can end a table early)."""
+    def fold(match):
+        table = match.group(0)
+        rows = table.split("<tbody>", 1)[-1].count("<tr")
+        return (f"<details><summary>Show the table ({rows} rows)</summary>\n{table}</details>\n"
+                if rows > FOLD_ROWS else table)
+
+    return _TABLE.sub(fold, body)
+
+
 def render_html(sweep_dir, markdown: str) -> str:
     """The self-contained page of a sweep directory whose report is ``markdown``.
 
@@ -211,26 +317,25 @@ def render_html(sweep_dir, markdown: str) -> str:
         The HTML page.
     """
     sweep_dir = Path(sweep_dir)
-    sections = [markdown.rstrip()]
-    spec = sweep_dir / "spec.yaml"
-    if spec.is_file():
-        sections += ["## Sweep parameters (spec.yaml)", _fence(spec.read_text())]
+    render = mistune.create_markdown(renderer=_EmbeddingRenderer(sweep_dir), plugins=["table"])
+    body = render(markdown.rstrip() + "\n") + spec_html(sweep_dir)
     runs = runs_table(sweep_dir)
     if not runs.empty:
-        sections += ["## Runs and the parameters that vary between them", markdown_table(runs)]
-    render = mistune.create_markdown(renderer=_EmbeddingRenderer(sweep_dir), plugins=["table"])
+        body += render(f"## Runs and the parameters that vary between them\n\n{markdown_table(runs)}\n")
     title = next((line[2:].strip() for line in markdown.splitlines() if line.startswith("# ")), sweep_dir.name)
-    return PAGE.render(title=mistune.escape(title), body=render("\n\n".join(sections) + "\n"))
+    return PAGE.render(title=mistune.escape(title), body=fold_long_tables(body))
 
 
 def markdown_table(table, floatfmt="g") -> str:
     """``table`` as a markdown table whose cells stay cells: a ``|`` in a value (a file or folder name) is
-    escaped and a line break becomes a space, so no value can end a table or add a row."""
+    escaped and a line break becomes a space, so no value can end a table or add a row; every missing value
+    (NaN, None) is written ``MISSING``. ``floatfmt``: one format, or one per column."""
     def cell(value):
         return value.replace("|", "\\|").replace("\r", " ").replace("\n", " ") if isinstance(value, str) else value
 
     table = table.map(cell).rename(columns=lambda name: cell(str(name)))
-    return table.to_markdown(index=False, floatfmt=floatfmt)
+    table = table.astype(object).where(table.notna(), None)  # tabulate writes None as missingval, NaN as "nan"
+    return table.to_markdown(index=False, floatfmt=floatfmt, missingval=MISSING)
 
 
 def write_html_report(sweep_dir, markdown: str) -> Path:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .._io import claim, write_atomic
+from .._io import claim, remove_file, write_atomic
 from .cluster import DaskExecutor
 from .executor import Executor, NotebookExecutor, Target, Task
 from .cache import source_fingerprint
-from .layout import is_finished, remove_partial_files, run_directory, write_json
+from .layout import SOURCE_FILE, is_finished, remove_partial_files, run_directory, write_json
 from .maps import list_images
 from .parameters import dataset_key
 from .lock import DirectoryLock
@@ -85,6 +85,10 @@ def run_sweep(sweep: Sweep, out_dir, jobs: int = 1, resume: bool = False, device
         write_atomic(sweep_dir / "spec.yaml", yaml.safe_dump(
             {"name": sweep.name, "description": sweep.description, "source": str(sweep.path),
              "runs": [{"run_id": r["run_id"], **r["params"]} for r in sweep.runs]}, sort_keys=False))
+        if sweep.source_text is not None:  # the spec as the user wrote it, for the report
+            write_atomic(sweep_dir / SOURCE_FILE, sweep.source_text)
+        else:  # none of an earlier spec left beside this one's spec.yaml
+            remove_file(sweep_dir / SOURCE_FILE)
         todo, statuses, fingerprints, by_data, built = [], [], {}, {}, {}
         for run in sweep.runs:
             run_dir = run_directory(sweep_dir, run["run_id"])

@@ -27,12 +27,15 @@ TOP_LEVEL = ("name", "description", "fixed", "grid", "zip")
 
 @dataclass
 class Sweep:
-    """A validated, expanded sweep: its name, description, runs (``run_id`` and ``params``) and source file."""
+    """A validated, expanded sweep: its name, description, runs (``run_id`` and ``params``), source file and the
+    spec's text as the user wrote it (``source_text``: the file's text, or a mapping as YAML), which the sweep
+    directory keeps as ``spec.source.yaml`` beside the expanded ``spec.yaml``."""
 
     name: str
     description: str
     runs: list[dict]
     path: Path | None = None
+    source_text: str | None = None
 
 
 def run_id(params: dict) -> str:
@@ -58,11 +61,15 @@ def _section(spec: dict, section: str, where: str, axis: bool) -> dict:
     return values
 
 
-def _read(source, name: str | None) -> tuple[dict, str, Path | None]:
-    """The spec as plain data (``plain``: any other YAML tag or a duplicate key is refused with its key path)."""
+def _read(source, name: str | None) -> tuple[dict, str, Path | None, str]:
+    """The spec as plain data (``plain``: any other YAML tag or a duplicate key is refused with its key path), where
+    it came from, its file, and its text (a mapping's as YAML)."""
+    import yaml
+
     try:
         if isinstance(source, dict):
-            return check_plain(source, name or "<spec>"), name or "<spec>", None
+            spec = check_plain(source, name or "<spec>")
+            return spec, name or "<spec>", None, yaml.safe_dump(spec, sort_keys=False)
         path = Path(source)
         if not path.is_file():
             raise SpecError(f"{path}: no such sweep spec file")
@@ -71,7 +78,7 @@ def _read(source, name: str | None) -> tuple[dict, str, Path | None]:
         except UnicodeDecodeError as error:
             raise SpecError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
                             f"{error.start}); a spec is a YAML text file") from None
-        return load_yaml(text, str(path)), str(path), path
+        return load_yaml(text, str(path)), str(path), path, text
     except NotPlainData as error:
         raise SpecError(str(error)) from None
 
@@ -103,7 +110,7 @@ def load_spec(source, name: str | None = None, max_runs: int | None = None) -> S
     SpecError
         One line naming the file, the run, the key and the problem.
     """
-    spec, where, path = _read(source, name)
+    spec, where, path, text = _read(source, name)
     if not isinstance(spec, dict):
         raise SpecError(f"{where}: a sweep spec is a mapping with keys {TOP_LEVEL}, got {type(spec).__name__}")
     for key in spec:
@@ -139,4 +146,4 @@ def load_spec(source, name: str | None = None, max_runs: int | None = None) -> S
             if identifier not in seen:
                 seen.add(identifier)
                 runs.append({"run_id": identifier, "params": params})
-    return Sweep(sweep_name, str(spec.get("description", "")), runs, path)
+    return Sweep(sweep_name, str(spec.get("description", "")), runs, path, text)
