@@ -91,7 +91,7 @@ def plot_speed(records: list[dict], path: Path, title: str) -> None:
     from apt_research.presentation import figures
 
     figures.paper_style()
-    figure, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN * 1.3, 2.6))
+    figure, ax = plt.subplots(figsize=(figures.TWO_COLUMN_WIDTH_IN, 2.6))
     base = 196.0
     figures.plot_speedup_curves(ax, base, 16, sorted({r["model"] for r in records}))
     markers = dict(zip(sorted({r["size"] for r in records}), "os^D"))
@@ -104,6 +104,6 @@ def plot_speed(records: list[dict], path: Path, title: str) -> None:
         ax.scatter([], [], marker="s", color=f"C{index}", label=f"{model} measured")
     ax.set(xlabel="retention (APT tokens / uniform tokens)", ylabel="throughput ratio APT / uniform",
            title=f"{title}; lines: cost model at 224 px")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(ncol=2)
     figures.save_figure(figure, path)
     plt.close(figure)
