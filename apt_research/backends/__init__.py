@@ -126,12 +126,12 @@ def entropy_maps(images, patch_size, num_scales, bins, pad_value, backend="auto"
     """
     images = images.detach()
     chosen = entropy_backend(images, backend)
+    if chosen == "numba":
+        from .numba_backend import entropy_maps as numba_maps
+
+        return numba_maps(images, patch_size, num_scales, bins, pad_value, denormalize, check_finite)
     if chosen == "triton":
         from .triton_backend import entropy_maps as maps
-    elif chosen == "numba":
-        from .numba_backend import entropy_maps as maps
-
-        return maps(images, patch_size, num_scales, bins, pad_value, denormalize, check_finite)
     else:
         from .torch_backend import entropy_maps as maps
     return maps(images, patch_size, num_scales, bins, pad_value, denormalize)
