@@ -1,4 +1,4 @@
-"""``apt-research``: the command line (visualize, sweep, report)."""
+"""``apt-research``: the command line (visualize, sweep, report, evaluate, finetune)."""
 
 from __future__ import annotations
 
@@ -119,6 +119,83 @@ def cmd_visualize(args) -> int:
     return 0
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from error
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def cmd_evaluate(args) -> int:
+    from .models.accuracy import run_evaluation
+
+    for name in ("num_scales", "batch_size", "image_size", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} expects a positive integer, got {value}")
+    if args.workers < 0:
+        raise UsageError(f"--workers expects 0 or more, got {args.workers}")
+    thresholds = None if args.thresholds is None else [value for word in args.thresholds for value in word]
+    out = Path(args.out)
+    _check_out(out)
+    try:
+        frame = run_evaluation(
+            args.model, args.data, out, checkpoint=args.checkpoint, pretrained=not args.no_pretrained,
+            num_scales=args.num_scales, thresholds=thresholds, target_retention=args.target_retention,
+            image_size=args.image_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
+            precision=args.precision, limit=args.limit)
+    except (ValueError, TypeError) as error:  # checked arguments (thresholds, device) that reach the library
+        raise UsageError(str(error)) from error
+    from .models.accuracy import markdown_table
+
+    print(markdown_table(frame), end="")
+    skipped = int(frame["skipped"].iloc[0])
+    if skipped:
+        print(f"skipped {skipped} image(s) that could not be decoded")
+    print(f"wrote {out / 'evaluation.csv'}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .training.run import main_for_cli
+
+    return main_for_cli(args.spec, args.out, args.resume)
+
+
+def _add_model_commands(commands) -> None:
+    ev = commands.add_parser("evaluate", help="top-1/top-5 of uniform and APT tokens of a model on a labelled folder")
+    ev.add_argument("--model", required=True, help="a timm model name, or 'synthetic'")
+    ev.add_argument("--checkpoint", help="weights: a checkpoint of apt-research finetune, or a timm state_dict file")
+    ev.add_argument("--no-pretrained", "--no_pretrained", action="store_true",
+                    help="random weights (no download); for 'synthetic': untrained")
+    ev.add_argument("--data", required=True,
+                    help="a folder of class sub-folders (ImageNet synsets, or classes the model was fine-tuned on), "
+                         "or 'synthetic'")
+    ev.add_argument("--num-scales", "--num_scales", type=int, default=3, help="patch sizes p, 2p, 4p, ... (default 3)")
+    group = ev.add_mutually_exclusive_group()
+    group.add_argument("--thresholds", type=_thresholds, nargs="+",
+                       help="num_scales - 1 numbers, '6 5' or '6,5' (default 5.75 4.0 for 3 scales, 5.5 for 2)")
+    group.add_argument("--target-retention", "--target_retention", type=_unit_interval,
+                       help="calibrate the thresholds to this mean retention on the first 64 images")
+    ev.add_argument("--image-size", "--image_size", type=int, help="model input side (default: the model's own)")
+    ev.add_argument("--batch-size", "--batch_size", type=int, default=64, help="images per batch (default 64)")
+    ev.add_argument("--workers", type=int, default=0, help="loader worker processes computing the maps (default 0)")
+    ev.add_argument("--limit", type=int, help="the first N images (sorted by path) only")
+    ev.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1")
+    ev.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"), help="default 32")
+    ev.add_argument("--out", required=True, help="output folder (created and marked; evaluation.csv, .md, .json)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ft = commands.add_parser("finetune", help="fine-tune a timm ViT on APT (or uniform) tokens from a YAML spec")
+    ft.add_argument("spec", help="a finetune spec (YAML); see docs/training.md")
+    ft.add_argument("--out", required=True, help="output folder (created and marked)")
+    ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ft.set_defaults(func=cmd_finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="apt-research", description="Adaptive Patch Tokenization research tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sweep.commands import add_commands
 
     add_commands(commands)
+    _add_model_commands(commands)
     return parser
 
 

@@ -91,6 +91,12 @@ class _WithMaps(Dataset):
         return self.transform(item)
 
 
+def start_method() -> str:
+    """How loader workers start: ``forkserver`` (``spawn`` where there is none), never ``fork`` (see
+    ``maps_loader``'s notes)."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def maps_loader(dataset, tokenizer: PatchTokenizer, batch_size: int = 32, num_workers: int = 0,
                 **dataloader_options) -> DataLoader:
     """A ``DataLoader`` whose workers compute importance maps and whose ``collate`` packs the batch.
@@ -121,8 +127,7 @@ def maps_loader(dataset, tokenizer: PatchTokenizer, batch_size: int = 32, num_wo
     module, not in a notebook cell).
     """
     if num_workers > 0 and "multiprocessing_context" not in dataloader_options:
-        methods = multiprocessing.get_all_start_methods()
-        dataloader_options["multiprocessing_context"] = "forkserver" if "forkserver" in methods else "spawn"
+        dataloader_options["multiprocessing_context"] = start_method()
     return DataLoader(_WithMaps(dataset, MapsTransform(tokenizer)), batch_size=batch_size, num_workers=num_workers,
                       collate_fn=PackCollate(tokenizer), **dataloader_options)
 

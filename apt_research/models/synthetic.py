@@ -45,6 +45,16 @@ def normalise(pixels: torch.Tensor, model) -> torch.Tensor:
     return (pixels / 255 - mean) / std
 
 
+def synthetic_vit(image_size: int = 128, patch_size: int = 16, embed_dim: int = 48, depth: int = 3, **options):
+    """The synthetic classifier's architecture, untrained: a timm ``VisionTransformer`` with one output
+    per synthetic kind (``options``: more of timm's ``VisionTransformer`` arguments, e.g. ``drop_path_rate``)."""
+    timm = _import_timm()
+    return timm.models.VisionTransformer(
+        img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+        num_heads=max(1, embed_dim // 16), mlp_ratio=2.0, num_classes=len(SYNTHETIC_KINDS), **options,
+    )
+
+
 def train_synthetic_vit(image_size: int = 128, patch_size: int = 16, count: int = 600, epochs: int = 8,
                         batch_size: int = 50, seed: int = 0, embed_dim: int = 48, depth: int = 3,
                         progress: bool = True):
@@ -69,13 +79,9 @@ def train_synthetic_vit(image_size: int = 128, patch_size: int = 16, count: int 
         In eval mode, ``num_classes = len(SYNTHETIC_KINDS)``; evaluate it on
         images of other seeds (``synthetic_classification_data(n, seed=10_000)``).
     """
-    timm = _import_timm()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = timm.models.VisionTransformer(
-        img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-        num_heads=max(1, embed_dim // 16), mlp_ratio=2.0, num_classes=len(SYNTHETIC_KINDS),
-    )
+    model = synthetic_vit(image_size, patch_size, embed_dim, depth)
     pixels, labels = synthetic_classification_data(count, image_size, seed)
     images = normalise(pixels, model)
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -96,9 +102,13 @@ def train_synthetic_vit(image_size: int = 128, patch_size: int = 16, count: int 
 
 
 def load_model(name: str, pretrained: bool = True, **model_options):
-    """A classifier by name: ``"synthetic"`` trains ``train_synthetic_vit(**model_options)`` in-process;
+    """A classifier by name: ``"synthetic"`` trains ``train_synthetic_vit(**model_options)`` in-process
+    (``pretrained=False``: the untrained ``synthetic_vit``);
     any other name is a timm model, ``timm.create_model(name, pretrained=pretrained, **model_options)``
     (pretrained weights come from the Hugging Face hub: they need the internet once)."""
     if name == "synthetic":
-        return train_synthetic_vit(**model_options)
+        if pretrained:
+            return train_synthetic_vit(**model_options)
+        training = {"count", "epochs", "batch_size", "seed", "progress"}
+        return synthetic_vit(**{key: value for key, value in model_options.items() if key not in training}).eval()
     return _import_timm().create_model(name, pretrained=pretrained, **model_options).eval()

@@ -22,8 +22,8 @@ from traitlets import default
 
 from .._io import atomic_path, make_dirs, remove_file
 from .layout import read_warnings, run_directory, write_json
-from .plain import check_plain
-from .provenance import PACKAGE_ROOT, provenance
+from ..plain import check_plain
+from ..provenance import PACKAGE_ROOT, provenance
 from ..errors import KernelKilled
 
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run.ipynb"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .parameters import EXECUTION_KEYS, PARAMETERS, ParameterError, unknown_key, validate_params
-from .plain import NotPlainData, check_plain, load_yaml
+from ..plain import NotPlainData, check_plain, load_yaml
 from ..errors import SpecError
 
 TOP_LEVEL = ("name", "description", "fixed", "grid", "zip")

@@ -14,13 +14,15 @@ import apt_research
 PACKAGE = Path(apt_research.__file__).resolve().parent
 
 LAYERS = [
-    ("foundation", ["apt_research.errors", "apt_research.contract", "apt_research._io", "apt_research._validation"]),
+    ("foundation", ["apt_research.errors", "apt_research.contract", "apt_research._io", "apt_research._validation",
+                    "apt_research.provenance", "apt_research.plain"]),
     ("backends", ["apt_research.backends"]),
     ("core", ["apt_research.entropy", "apt_research.selection", "apt_research.scorers", "apt_research.tokenizer",
               "apt_research.datasets",
               "apt_research.calibration", "apt_research.analysis", "apt_research"]),
     ("models", ["apt_research.models", "apt_research.testing"]),
     ("presentation", ["apt_research.presentation"]),
+    ("training", ["apt_research.training", "apt_research.finetune"]),
     ("sweep", ["apt_research.sweep"]),
     ("cli", ["apt_research.cli"]),
 ]

@@ -1,6 +1,6 @@
 """Trust by design: one mechanism per class of failure, each checked by a generated test (hypothesis).
 
-- Specs are only data (``sweep/plain.py``): any plain document loads as itself; any other YAML tag or a
+- Specs are only data (``plain.py``): any plain document loads as itself; any other YAML tag or a
   duplicate key, anywhere, is refused with its key path; nothing but plain data reaches a notebook.
 - Folders we own (``_io.claim`` / ``require_owned``): a folder with anything in it and no marker of ours is
   refused, and nothing in it changes.
@@ -26,7 +26,7 @@ from apt_research import _io
 from apt_research.cli import main
 from apt_research.sweep.lock import DirectoryLock
 from apt_research.sweep.parameters import ParameterError, validate_params
-from apt_research.sweep.plain import NotPlainData, check_plain, load_yaml
+from apt_research.plain import NotPlainData, check_plain, load_yaml
 from apt_research.sweep.records import threshold_label
 from apt_research.sweep.spec import SpecError, load_spec
 

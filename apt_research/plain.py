@@ -14,7 +14,7 @@ import math
 from pathlib import PurePath
 
 import yaml
-from ..errors import NotPlainData
+from .errors import NotPlainData
 
 _SCALARS = {"tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
             "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("apt-research", "torch", "numpy", "numba", "einops", "pandas", "scikit-image", "papermill", "seaborn",
-            "matplotlib")
+            "matplotlib", "timm")
 
 
 def _git_commit() -> str | None:
