@@ -4,6 +4,7 @@ timm is the optional extra ``[models]``; only ``from_timm``, ``load_model`` and 
 synthetic classifier need it.
 """
 
+from .eva import AptEva
 from .evaluate import (
     UNKNOWN_LABEL,
     accuracy_by_setting,
@@ -18,6 +19,7 @@ from .synthetic import load_model, synthetic_classification_data, train_syntheti
 from .timm_vit import AptViT, from_timm
 
 __all__ = [
+    "AptEva",
     "AptViT",
     "MapsTransform",
     "PackCollate",
