@@ -73,6 +73,60 @@ def check_model(name: str, pretrained: bool, options: dict) -> None:
                          f"{closest(name, timm.list_models())}")
 
 
+FINETUNE_SET_BY_SWEEP = ("model", "pretrained", "model_options", "checkpoint", "image_size", "num_scales",
+                         "thresholds", "target_retention", "tokenization", "steps", "epochs", "method",
+                         "method_options", "device", "val_data", "val_images", "eval_every", "checkpoint_every")
+"""Finetune spec keys a sweep sets itself (from the configuration) and ``finetune_options`` may not."""
+
+
+def check_finetune_options(options: dict) -> None:
+    """Refuse ``finetune_options`` keys that are not finetune spec keys, or that the sweep sets itself."""
+    from ..training.spec import FinetuneSpec
+
+    known = [name for name in FinetuneSpec.model_fields if name not in FINETUNE_SET_BY_SWEEP]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"key 'finetune_options' has unknown or sweep-set key(s) {unknown}; expected among {known}")
+
+
+def finetuned_state(params: dict, state: dict, thresholds: list[float], cache_dir=None) -> dict:
+    """The APT wrapper's ``state_dict`` after ``finetune_steps`` steps on APT tokens at ``thresholds``.
+
+    The run's classifier is saved once as the fine-tuning's starting weights; each setting's fine-tuning
+    runs in ``cache_dir/finetuned/KEY`` (KEY: a hash of its spec), so a sweep run again, or resumed,
+    reuses or continues it (``apt-research finetune --resume``) instead of starting over.
+    """
+    import tempfile
+
+    from ..models.checkpoints import read_checkpoint
+    from ..training import finetune
+
+    root = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="apt-finetune-"))
+    synthetic = params["model"] == SYNTHETIC_MODEL
+    options = ({"image_size": params["image_size"], "patch_size": params["patch_size"], **params["model_options"]}
+               if synthetic else {"img_size": params["image_size"], **params["model_options"]})
+    weights_key = hashlib.sha256(json.dumps([params["model"], options, params["pretrained"]], sort_keys=True)
+                                 .encode()).hexdigest()[:16]
+    weights = root / "models" / f"start-{weights_key}.pt"
+    if not weights.exists():
+        with atomic_path(weights) as temporary:
+            torch.save(state, temporary)
+    spec = {"train_data": SYNTHETIC_MODEL, "workers": 0, "batch_size": 32, "seed": 0,
+            **params["finetune_options"],
+            "model": params["model"], "pretrained": False, "model_options": options, "checkpoint": str(weights),
+            "num_scales": params["num_scales"], "thresholds": [float(value) for value in thresholds],
+            "method": params["method"],
+            "method_options": options_with_bins(params["method"], params["method_options"], params["bins"]),
+            "steps": params["finetune_steps"], "device": params["device"]}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    out = root / "finetuned" / key
+    last = out / "checkpoints" / "last.pt"
+    done = last.is_file() and read_checkpoint(last)["step"] == params["finetune_steps"]
+    if not done:
+        finetune(spec, out, resume=last.is_file(), progress=False)
+    return read_checkpoint(last)["state"]
+
+
 def _architecture(model) -> dict:
     """The constructor arguments that rebuild the synthetic ViT (a plain timm ``VisionTransformer``)."""
     block = model.blocks[0]
@@ -152,6 +206,9 @@ class ModelEvaluator:
             raise ValueError(f"model {params['model']!r} has patch size {self.apt.patch_size}, but the key "
                              f"'patch_size' is {params['patch_size']}; expected them equal")
         self.batch_size = params["batch_size"]
+        self.params, self.cache_dir = params, cache_dir
+        if params["finetune_steps"]:  # each setting starts from the run's classifier, not the last setting's
+            self.original = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
         self.images = normalise(torch.stack(pixels).to(device), model)
         self.maps = {size: torch.stack([m[size] for m in maps]).to(device) for size in maps[0]}
         self.uniform = uniform_logits(self.apt.model, self.images, self.batch_size)  # once: no thresholds in it
@@ -163,6 +220,8 @@ class ModelEvaluator:
         from ..models import prediction_records
 
         self.apt.set_thresholds(thresholds)
+        if self.params["finetune_steps"]:
+            self.apt.load_state_dict(finetuned_state(self.params, self.original, thresholds, self.cache_dir))
         table = prediction_records(self.apt, self.images, self.labels, self.batch_size, self.maps, self.uniform)
         return [{column: row.get(column) for column in PREDICTION_COLUMNS} for row in table.to_dict("records")]
 

@@ -72,8 +72,13 @@ class Parameters(BaseModel):
     pretrained: bool = _field(True, "load the timm model's pretrained weights (false: random weights)")
     model_options: dict[str, Any] = _field({}, "keyword options of `timm.create_model`, or of "
                                                "`train_synthetic_vit` for `synthetic`")
+    finetune_steps: int = _field(0, "fine-tune the classifier on APT tokens for this many steps at each threshold "
+                                    "setting before it predicts (0: zero-shot; needs `model`)", ge=0)
+    finetune_options: dict[str, Any] = _field({}, "keys of a finetune spec (docs/training.md) for those steps, e.g. "
+                                                  "`train_data` (default `synthetic`), `batch_size`, `lr`")
 
-    @field_validator("thresholds", "dataset_options", "method_options", "measure_speed", "model_options", mode="before")
+    @field_validator("thresholds", "dataset_options", "method_options", "measure_speed", "model_options",
+                     "finetune_options", mode="before")
     @classmethod
     def _tuples_as_lists(cls, value):
         return list(value) if isinstance(value, tuple) else value
@@ -147,7 +152,13 @@ class Parameters(BaseModel):
         if self.model is None:
             if self.model_options:
                 raise ValueError(f"key 'model_options' needs a 'model', got model: null and {self.model_options!r}")
+            if self.finetune_steps or self.finetune_options:
+                raise ValueError(f"key 'finetune_steps' needs a 'model', got model: null and finetune_steps: "
+                                 f"{self.finetune_steps}")
             return
+        from .models import check_finetune_options
+
+        check_finetune_options(self.finetune_options)
         from .models import SQUARE_RESIZE, check_model
 
         check_model(self.model, self.pretrained, self.model_options)

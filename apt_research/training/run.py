@@ -7,7 +7,8 @@ Writes into ``--out`` (a folder it creates and marks, kind ``finetune``):
   ``lr``, ``images_per_second``, ``tokens_per_image``, ``skipped``), rewritten atomically each step.
 * ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (by validation top-1 of the trained tokenization),
   atomic: a kill or a full disk half way leaves the previous one whole.
-* ``evaluation.csv``: top-1/top-5 of the uniform and the APT tokens on ``val_data`` at each evaluation.
+* ``evaluation.csv``: top-1/top-5 of the uniform and the APT tokens on ``val_data`` before training
+  (step 0: APT zero-shot) and at each evaluation.
 * ``provenance.json``: package versions, git commit, device, processes.
 
 A resumed run equals an uninterrupted one: the checkpoint holds the weights, the optimizer, the
@@ -160,7 +161,7 @@ class Run:
         thresholds = spec.thresholds if spec.thresholds is not None else (
             [0.0] * (spec.num_scales - 1) if spec.target_retention is not None else default_thresholds(
                 spec.num_scales, "thresholds"))
-        self.apt = from_timm(model, spec.num_scales, thresholds)
+        self.apt = from_timm(model, spec.num_scales, thresholds, spec.method, **spec.method_options)
         size = model.patch_embed.img_size[0]
         self.train_set = labelled_data(spec.train_data, self.mapping, model, self.apt.tokenizer, size, training=True,
                                        limit=spec.train_images, seed=spec.seed, augmentation=spec.augmentation,
@@ -225,6 +226,8 @@ class Run:
         spec = self.spec
         eval_every = spec.eval_every or self.steps_per_epoch
         checkpoint_every = spec.checkpoint_every or self.steps_per_epoch
+        if self.step == 0:
+            self._evaluate(0)  # step 0: the model before fine-tuning (APT zero-shot)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"fine-tuning ({spec.tokenization} tokens)",
                    disable=not self.progress)
         while self.step < self.total_steps:

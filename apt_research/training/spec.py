@@ -46,6 +46,8 @@ class FinetuneSpec(BaseModel):
                                                      "3 scales, 5.5 for 2)")
     target_retention: Optional[float] = _field(None, "instead of thresholds: calibrate them to this retention on "
                                                      "the first 64 training images", gt=0, le=1)
+    method: str = _field("entropy", "importance scorer of the APT tokens (a registered scorer)")
+    method_options: dict[str, Any] = _field({}, "keyword options of the scorer (e.g. `bins: 512`)")
     tokenization: Literal["apt", "uniform"] = _field("apt", "train on APT tokens, or on uniform tokens (control)")
     steps: Optional[int] = _field(None, "optimizer steps (or `epochs`)", ge=1)
     epochs: Optional[int] = _field(None, "passes over the training data (or `steps`; default 1)", ge=1)

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -51,8 +52,8 @@ def test_a_run_writes_metrics_checkpoints_and_evaluations(uninterrupted):
     assert metrics["lr"].iloc[-1] < metrics["lr"].max()  # the cosine schedule decays
     assert (metrics["tokens_per_image"] < 17).all()  # APT tokens: fewer than 1 + 16 uniform ones at 64 px
     evaluations = pd.read_csv(uninterrupted / "evaluation.csv", keep_default_na=False)
-    assert evaluations["step"].tolist() == [4, 4, 8, 8]
-    assert evaluations["tokenization"].tolist() == ["uniform", "apt"] * 2
+    assert evaluations["step"].tolist() == [0, 0, 4, 4, 8, 8]
+    assert evaluations["tokenization"].tolist() == ["uniform", "apt"] * 3
     last = read_checkpoint(uninterrupted / "checkpoints" / "last.pt")
     assert last["step"] == 8 and last["class_names"][0] == "flat" and last["model"] == "synthetic"
     assert (uninterrupted / "checkpoints" / "best.pt").is_file()
@@ -127,7 +128,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
 
     def save(content, path):
         calls.append(path)
-        if len(calls) == 3:  # the second checkpoint's last.pt (the first wrote last.pt and best.pt? no: step 2)
+        if sum(Path(call).name.startswith(".last.pt") for call in calls) == 2:  # step 4's last.pt
             with open(path, "wb") as file:
                 file.write(b"half a checkpoint")
             raise OSError(28, "No space left on device")
@@ -137,7 +138,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     with pytest.raises(TrainingStopped, match="No space left on device.*previous checkpoint"):
         finetune(_spec_file(tmp_path, eval_every=100), tmp_path / "out", progress=False)
     kept = read_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")
-    assert kept["step"] == 4
+    assert kept["step"] == 2
     assert not [path for path in (tmp_path / "out" / "checkpoints").iterdir() if path.name.startswith(".")]
 
 
@@ -158,3 +159,42 @@ def test_a_spec_that_is_not_plain_data_is_refused(tmp_path, capsys):
     path.write_text("model: !!python/object/apply:os.system ['echo hacked']\ntrain_data: synthetic\n")
     assert main(["finetune", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "model" in capsys.readouterr().err
+
+
+def test_a_rank_killed_stops_the_run_and_resume_continues(tmp_path, uninterrupted):
+    """torchrun stops every process when one dies and names it; --resume continues from the last checkpoint."""
+    import signal
+    import time
+
+    spec = _spec_file(tmp_path)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    # rank 1 kills itself with SIGKILL after step 3 (rank 0 has checkpointed step 2)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from apt_research.training import run
+        step = run.Run._step
+        def killing_step(self, *args):
+            step(self, *args)
+            if self.step == 3 and self.processes.rank == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        run.Run._step = killing_step
+        sys.exit(run.main_for_cli({str(spec)!r}, {str(out)!r}, False))
+    """)
+    (tmp_path / "killing.py").write_text(script)
+    died = subprocess.run([*torchrun, str(tmp_path / "killing.py")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert died.returncode != 0
+    assert "Signal 9 (SIGKILL)" in died.stderr and "rank" in died.stderr
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    resumed = subprocess.run([*torchrun, "-m", "apt_research.finetune", str(spec), "--out", str(out), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(out) == pytest.approx(_losses(uninterrupted), rel=1e-5)
+
+
+def test_docs_parameter_table_is_the_spec():
+    from apt_research.training.spec import parameter_table
+
+    assert parameter_table() in (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
