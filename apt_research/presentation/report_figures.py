@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import inspect
 import math
-import textwrap
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -51,8 +52,24 @@ MAX_PANEL_COLUMNS = 4
 """Panels per row before a small-multiples figure wraps."""
 
 
+def _natural_key(text: str) -> tuple:
+    """Sort key reading the numbers in ``text`` as numbers: ``bins=64`` before ``bins=128`` before ``bins=1024``."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", str(text))
+    return tuple((1, float(part), "") if index % 2 else (0, 0.0, part) for index, part in enumerate(parts) if part)
+
+
 def _configurations(table: pd.DataFrame) -> list[str]:
-    return sorted(table["configuration"].astype(str).unique()) if "configuration" in table else ["all"]
+    """The configurations of ``table`` in natural order (numbers as numbers); ``["all"]`` when none is named."""
+    if "configuration" not in table:
+        return ["all"]
+    return sorted(table["configuration"].astype(str).unique(), key=_natural_key)
+
+
+def _scorers(table: pd.DataFrame) -> int:
+    """How many scorers (``method`` with its ``method_options``) ``table`` holds: scores of different scorers are on
+    different scales, so a figure never puts them on one axis."""
+    columns = [column for column in ("method", "method_options") if column in table]
+    return len(table[columns].astype(str).drop_duplicates()) if columns else 1
 
 
 def _with_configuration(table: pd.DataFrame) -> pd.DataFrame:
@@ -77,10 +94,29 @@ def _linestyles(configurations) -> dict[str, object]:
     return {name: style.LINESTYLES[index % len(style.LINESTYLES)] for index, name in enumerate(configurations)}
 
 
-def _wrap(text: str, width_in: float, size_pt: float = 7.0) -> str:
-    """``text`` wrapped to the characters that fit ``width_in`` inches at ``size_pt`` (~0.6 em a character)."""
-    characters = max(8, int(width_in * 72 / (0.6 * size_pt)))
-    return "\n".join(textwrap.wrap(str(text), characters, break_long_words=True)) or str(text)
+def _fit(text: str, width_in: float, size_pt: float = 7.0) -> str:
+    """``text`` broken at spaces into the fewest lines each at most ``width_in`` inches wide at ``size_pt``, as
+    measured in the style's font (a word longer than the width stays whole on its line)."""
+    text = str(text)
+    if figures.text_width_in(text, size_pt) <= width_in:
+        return text
+    lines = []
+    for word in text.split(" "):
+        if lines and figures.text_width_in(f"{lines[-1]} {word}", size_pt) <= width_in:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def _label_pt() -> float:
+    """The size of an axis label in the current style, in points."""
+    return FontProperties(size=plt.rcParams["axes.labelsize"]).get_size_in_points()
+
+
+def _panel_width_in(figure, ncols: int) -> float:
+    """About the width of one of ``ncols`` panels side by side in ``figure`` (its axis labels and gaps taken off)."""
+    return (figure.get_size_inches()[0] - 0.45) / ncols - 0.3
 
 
 def _score_unit(records: pd.DataFrame) -> str:
@@ -109,6 +145,8 @@ def _legend(figure, handles, where: str = "lower center", ncol: int | None = Non
 
 
 KEY_ROW_IN = figures.KEY_ROW_IN
+HEADER_IN = 1.5
+"""Widest a configuration's name is left of its bars in the scale mix (inches): a longer one takes more lines."""
 
 
 def _setting_label(row) -> str:
@@ -173,10 +211,18 @@ def _retention_panel(ax, part: pd.DataFrame, colour) -> None:
                                                   low=("retention", lambda s: s.quantile(SPREAD[0])),
                                                   high=("retention", lambda s: s.quantile(SPREAD[1])))
     stats = stats.sort_values("x")
-    if len(stats):
+    unthresholded = stats[~np.isfinite(stats["x"].astype(float))]  # a setting without thresholds (one scale)
+    stats = stats[np.isfinite(stats["x"].astype(float))]
+    if len(stats) > 1:
         ax.fill_between(stats["x"], stats["low"], stats["high"], color=colour, alpha=BAND_ALPHA, linewidth=0)
         ax.plot(stats["x"], stats["mean"], color=colour, marker="o")
-    else:
+    elif len(stats) == 1:  # one setting: its spread as a bar, in the band's colour
+        ax.vlines(stats["x"], stats["low"], stats["high"], color=colour, alpha=BAND_ALPHA, linewidth=6)
+        ax.plot(stats["x"], stats["mean"], color=colour, marker="o", linestyle="")
+    if len(unthresholded):
+        ax.text(0.5, 0.5, "no thresholds:\nmean retention " + f"{float(unthresholded['mean'].iloc[0]):.0%}",
+                transform=ax.transAxes, ha="center", va="center", fontsize=7)
+    elif not len(stats):
         ax.text(0.5, 0.5, "no records", transform=ax.transAxes, ha="center", va="center", fontsize=7)
 
 
@@ -192,11 +238,13 @@ def plot_retention_vs_threshold(records: pd.DataFrame, palette: dict | None = No
     records = _with_configuration(records).assign(threshold=lambda t: _threshold_axis(t))
     palette = _palette(records, palette)
     datasets, configurations = _datasets(records), _configurations(records)
-    xlim = _shared_limits(records["threshold"])
+    separate = _scorers(records) > 1  # each scorer's thresholds on its own scale: a panel's x axis is its own
+    limits = {c: _shared_limits(records.loc[records["configuration"] == c, "threshold"] if separate
+                                else records["threshold"]) for c in configurations}
     unit = _score_unit(records)
 
-    def finish(ax, ncols):
-        ax.set(xlim=xlim, ylim=(0, 1.05))
+    def finish(ax, ncols, configuration=None):
+        ax.set(xlim=limits[configuration or configurations[0]], ylim=(0, 1.05))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if ncols > 1 else 6, steps=[1, 2, 2.5, 5, 10]))
         ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
@@ -230,14 +278,14 @@ def plot_retention_vs_threshold(records: pd.DataFrame, palette: dict | None = No
         panel_width = style.width_in(columns) / ncols
         for subfigure, dataset in zip(subfigures, datasets):
             subfigure.suptitle(dataset, color=palette[dataset], fontsize=8, fontweight="bold")
-            axes = subfigure.subplots(blocks, ncols, sharex=True, sharey=True, squeeze=False)
+            axes = subfigure.subplots(blocks, ncols, sharex=not separate, sharey=True, squeeze=False)
             for ax in axes.flat[len(configurations):]:
                 ax.set_visible(False)
             for ax, configuration in zip(axes.flat, configurations):
                 part = records[(records["dataset"].astype(str) == dataset) & (records["configuration"] == configuration)]
                 _retention_panel(ax, part, palette[dataset])
-                ax.set_title(_wrap(configuration, panel_width), fontsize=7)
-                finish(ax, ncols)
+                ax.set_title(_fit(configuration, panel_width - 0.1), fontsize=7)
+                finish(ax, ncols, configuration)
             label(axes, len(configurations))
     handles = [Line2D([], [], color="0.25", marker="o", label="mean over images"),
                Patch(facecolor="0.25", alpha=BAND_ALPHA, linewidth=0, label=f"{SPREAD_LABEL} of the images")]
@@ -264,7 +312,7 @@ def _fidelity_figure(summary, palette, x, xlabel):
             ax.plot(part[x], part[column].replace([np.inf, -np.inf], np.nan), color=palette[dataset],
                     marker=markers[configuration], linestyle=linestyles[configuration], linewidth=0.8,
                     markeredgecolor="white", markeredgewidth=0.4, markersize=4)
-        ax.set(xlabel=xlabel, ylabel=label)
+        ax.set(xlabel=_fit(xlabel, _panel_width_in(figure, 2), _label_pt()), ylabel=label)
     figures.grouped_legend(figure, groups)
     return figure, axes
 
@@ -301,26 +349,37 @@ def plot_scale_mix(summary: pd.DataFrame):
     datasets, configurations = _datasets(summary), _configurations(summary)
     sizes = sorted(int(column[4:]) for column in summary if column.startswith("mix_") and column[4:].isdigit())
     colours = style.scale_colours(sizes)
-    rows = []  # (label, is_header, configuration, setting label)
+    rows = []  # (label, is_header, configuration, setting label, slots: bar rows the label takes)
     for configuration in configurations:
         part = _setting_order(summary[summary["configuration"] == configuration])
         settings = list(dict.fromkeys(part.apply(_setting_label, axis=1)))
-        if configuration != "all":
-            rows.append((configuration, True, configuration, None))
-        rows += [(setting, False, configuration, setting) for setting in settings]
+        if configuration != "all":  # bold, so about 15% wider than ``_fit`` measures
+            name = _fit(configuration, HEADER_IN / 1.15, 7)
+            rows.append((name, True, configuration, None, name.count("\n") + 1))
+        rows += [(setting, False, configuration, setting, 1) for setting in settings]
+    slots = sum(row[-1] for row in rows)
     ncols = min(len(datasets), 3)
     columns = 1 if ncols == 1 else 2
     nrows = math.ceil(len(datasets) / ncols)
+    if "target_retention" in summary and summary["target_retention"].notna().any():
+        unit = "target retention"
+    else:
+        unit = f"thresholds ({'bits' if _score_unit(summary) == 'bits' else 'score'}) of " + "/".join(
+            f"{size}" for size in sizes[1:]) + " px"
     row_in = 0.135
-    height = nrows * (len(rows) * row_in + 0.55) + 0.35
+    panel_in = slots * row_in + 0.05  # the height of a panel's bars
+    unit = _fit(unit, max(panel_in, 0.9 if nrows == 1 else 0.9 / nrows), 7)  # an axis label never taller than
+    panel_in = max(panel_in, figures.text_width_in(unit, 7) / (1 if nrows == 1 else nrows) + 0.05)  # its panels
+    height = nrows * (panel_in + 0.5) + 0.35
     figure, axes = style.subplots(columns, height, nrows, ncols, sharex=True, sharey=True, squeeze=False)
-    positions = np.arange(len(rows))[::-1]
+    tops = np.cumsum([0] + [row[-1] for row in rows])[:-1]  # each label centred on its rows, first at the top
+    positions = slots - 1 - (tops + (np.array([row[-1] for row in rows]) - 1) / 2)
     for ax in axes.flat[len(datasets):]:
         ax.set_visible(False)
     for ax, dataset in zip(axes.flat, datasets):
         part = summary[summary["dataset"].astype(str) == dataset]
         labels = part.apply(_setting_label, axis=1)
-        for position, (_, header, configuration, setting) in zip(positions, rows):
+        for position, (_, header, configuration, setting, _slots) in zip(positions, rows):
             if header:
                 continue
             match = part[(part["configuration"] == configuration) & (labels == setting)]
@@ -342,19 +401,12 @@ def plot_scale_mix(summary: pd.DataFrame):
         ax.set_xlabel("share of tokens")
     first = axes[0, 0]
     first.set_yticks(positions, [label for label, *_ in rows])
-    first.set_ylim(-0.6, len(rows) - 0.4)
+    first.set_ylim(-0.6, slots - 0.4)
     for ax in axes[:, 0]:
         for tick, (_, header, *_rest) in zip(ax.get_yticklabels(), rows):
             if header:
                 tick.set_fontweight("bold")
-                tick.set_fontsize(7)
-            else:
-                tick.set_fontsize(7)
-    if "target_retention" in summary and summary["target_retention"].notna().any():
-        unit = "target retention"
-    else:
-        unit = f"thresholds ({'bits' if _score_unit(summary) == 'bits' else 'score'}) of " + "/".join(
-            f"{size}" for size in sizes[1:]) + " px"
+            tick.set_fontsize(7)
     if nrows == 1:
         axes[0, 0].set_ylabel(unit, fontsize=7)
     else:
@@ -391,9 +443,10 @@ def plot_speedup_vs_retention(records: pd.DataFrame, summary: pd.DataFrame, pale
         ax.set_visible(False)
     for ax, model in zip(axes.flat, models):
         figures.plot_speedup_curves(ax, base, patch, [model], colour="black", retention=retention)
-        for dataset in datasets:
+        for index, dataset in enumerate(datasets):  # each data set's dots smaller than the last: one on another shows
             part = summary[summary["dataset"].astype(str) == dataset]
-            ax.scatter(part["retention_mean"], part[f"speedup_pred_{model}"], s=14, color=palette[dataset],
+            size = 14 + 12 * (len(datasets) - 1 - index) / max(len(datasets) - 1, 1)
+            ax.scatter(part["retention_mean"], part[f"speedup_pred_{model}"], s=size, color=palette[dataset],
                        edgecolor="white", linewidth=0.4, zorder=3)
             if model in measured:
                 ax.scatter(part["retention_mean"], part[f"measured_speedup_{model}"], s=18, marker="D",
@@ -431,48 +484,68 @@ def _boxplot(ax, values, positions, colour, width):
 def plot_entropy_distributions(records: pd.DataFrame, palette: dict | None = None, max_points: int = 60):
     """Each image's mean patch score (entropy in bits) per patch size: one panel per size, a box per configuration
     and data set (colour), each image a dot when a box has at most ``max_points``. Two columns wide for two sizes
-    or more."""
+    or more.
+
+    Scores of different scorers (``method``, ``method_options``) are on different scales: when the configurations
+    differ in their scorer, each configuration has its own row of panels with its own x axis."""
     records = _with_configuration(records)
     palette = _palette(records, palette)
     datasets, configurations = _datasets(records), _configurations(records)
     sizes = sorted(int(c.split("_")[1]) for c in records if c.startswith("score_") and c.endswith("_mean")
                    and c.split("_")[1].isdigit())
     images = records.drop_duplicates(["dataset", "configuration", "image"]) if "image" in records else records
-    ncols = min(len(sizes), MAX_PANEL_COLUMNS)
-    nrows = math.ceil(len(sizes) / ncols)
-    columns = 1 if ncols == 1 else 2
+    separate = len(configurations) > 1 and _scorers(records) > 1
+    names = {c: _fit(c, 1.3) if c != "all" else "" for c in configurations}
+    lines = max(name.count("\n") + 1 for name in names.values())
+    per_configuration = max(0.2, 0.13 * len(datasets) + 0.07, 0.115 * lines + 0.04)  # its boxes, or its name
     slot = 0.8 / len(datasets)
-    height = nrows * (0.5 + len(configurations) * max(0.2, 0.13 * len(datasets) + 0.07)) + 0.55
-    figure, axes = style.subplots(columns, height, nrows, ncols, sharey=True, squeeze=False)
+    if separate:  # a row of panels per configuration, each on its scorer's own scale
+        ncols, nrows = len(sizes), len(configurations)
+        height = nrows * (per_configuration + 0.22) + 0.75
+        rows = [[c] for c in configurations]
+    else:
+        ncols = min(len(sizes), MAX_PANEL_COLUMNS)
+        nrows = math.ceil(len(sizes) / ncols)
+        height = nrows * (0.5 + len(configurations) * per_configuration) + 0.55
+        rows = [configurations] * nrows
+    columns = 1 if ncols == 1 else 2
+    figure, axes = style.subplots(columns, height, nrows, ncols, sharey=not separate, squeeze=False)
     rng = np.random.default_rng(0)
     unit = _score_unit(records)
-    for ax in axes.flat[len(sizes):]:
+    dots = False
+    panels = ([(axes[r, c], size, rows[r]) for r in range(nrows) for c, size in enumerate(sizes)] if separate
+              else [(ax, size, configurations) for ax, size in zip(axes.flat, sizes)])
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, size in zip(axes.flat, sizes):
+    for ax, size, shown in panels:
         column = f"score_{size}_mean"
-        for c_index, configuration in enumerate(configurations):
+        for c_index, configuration in enumerate(shown):
             for d_index, dataset in enumerate(datasets):
                 values = images.loc[(images["dataset"].astype(str) == dataset)
                                     & (images["configuration"] == configuration), column].dropna().to_numpy(float)
                 if values.size == 0:
                     continue
-                position = len(configurations) - 1 - c_index + (len(datasets) - 1 - 2 * d_index) * slot / 2
+                position = len(shown) - 1 - c_index + (len(datasets) - 1 - 2 * d_index) * slot / 2
                 _boxplot(ax, [values], [position], palette[dataset], slot * 0.8)
                 if values.size <= max_points:
                     jitter = rng.uniform(-slot * 0.25, slot * 0.25, values.size)
                     ax.scatter(values, position + jitter, s=3, color=palette[dataset], linewidth=0, zorder=3)
-        ax.set_title(f"{size} px patches", fontsize=8)
+                    dots = True
+        if ax in axes[0]:
+            ax.set_title(f"{size} px patches", fontsize=8)
         ax.grid(False, axis="y")
-    for ax in _bottom_axes(axes, len(sizes)):
-        ax.set_xlabel(f"mean patch {'entropy' if unit == 'bits' else 'score'} ({unit})")
-    for ax in axes[:, 0]:
-        ticks = np.arange(len(configurations))[::-1]
-        ax.set_yticks(ticks, [_wrap(c, 1.3) if c != "all" else "" for c in configurations])
-        ax.set_ylim(-0.6, len(configurations) - 0.4)
-        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(-0.6, len(shown) - 0.4)
+        if ax in axes[:, 0]:
+            ax.tick_params(axis="y", length=0)  # the other panels of a row share its y axis, or hide their labels
+            ax.set_yticks(np.arange(len(shown))[::-1], [names[c] for c in shown])
+        elif separate:
+            ax.set_yticks(np.arange(len(shown))[::-1])
+            ax.tick_params(axis="y", labelleft=False, length=0)
+    for ax in _bottom_axes(axes, len(panels)):
+        ax.set_xlabel("mean patch entropy (bits)" if unit == "bits" else "mean patch score")
     handles = [Patch(facecolor=(*palette[d][:3], 0.35), edgecolor=palette[d], label=d) for d in datasets]
-    kinds = [Line2D([], [], color="0.25", marker="o", markersize=2, linestyle="", label="one image (its mean)"),
-             Line2D([], [], color="black", label="median; box: quartiles, whiskers: 1.5 IQR")]
+    kinds = [Line2D([], [], color="0.25", marker="o", markersize=2, linestyle="", label="one image (its mean)")]
+    kinds = (kinds if dots else []) + [Line2D([], [], color="black", label="median; box: quartiles, whiskers: 1.5 IQR")]
     figures.grouped_legend(figure, [("data set", handles), ("", kinds)])
     return figure
 
@@ -486,11 +559,17 @@ def plot_ablation(records: pd.DataFrame, column: str, palette: dict | None = Non
     values = sorted(records[column].dropna().unique(), key=lambda v: (not isinstance(v, (int, float, np.number)),
                                                                         v if isinstance(v, (int, float, np.number))
                                                                         else str(v)))
-    labels = [_wrap(str(v), 3.35 / max(len(values), 1) * 0.9) for v in values]
-    rotate = len(values) > 4 and max(len(str(v)) for v in values) > 4
+    slot = (style.ONE_COLUMN_IN - 0.45) / 2 / max(len(values), 1) - 0.3 / max(len(values), 1)  # inches per value
+    labels = [_fit(str(v), slot - 0.06) for v in values]  # a label wider than its slot is written at 45 degrees
+    widest = max((figures.text_width_in(label) for label in labels), default=0.0)
+    rotate = widest > slot - 0.06
+    if rotate:
+        labels = [str(v) for v in values]
+        widest = max(figures.text_width_in(label) for label in labels)
     groups_rows = len(figures.legend_rows(style.ONE_COLUMN_IN, [("data set", _dataset_handles(datasets, palette)),
                                                         ("", [Line2D([], [], label=SPREAD_LABEL)] * 2)]))
-    figure, axes = style.subplots(1, 1.85 + KEY_ROW_IN * groups_rows + (0.3 if rotate else 0), 1, 2)
+    extra = min(1.2, 0.72 * widest + 0.05) if rotate else 0.11 * (max(label.count("\n") for label in labels))
+    figure, axes = style.subplots(1, 1.85 + KEY_ROW_IN * groups_rows + extra, 1, 2)
     offsets = (np.arange(len(datasets)) - (len(datasets) - 1) / 2) * min(0.18, 0.6 / max(len(datasets), 1))
     for ax, (metric, label) in zip(axes, (("retention", "retention"), ("ssim", "SSIM"))):
         for offset, dataset in zip(offsets, datasets):
@@ -503,8 +582,10 @@ def plot_ablation(records: pd.DataFrame, column: str, palette: dict | None = Non
             high = np.array([s.quantile(SPREAD[1]) if len(s) else np.nan for s in stats])
             ax.vlines(x, low, high, color=palette[dataset], linewidth=2.5, alpha=0.45)
             ax.plot(x, mean, color=palette[dataset], marker="o", linewidth=0.8)
-        ax.set_xticks(np.arange(len(values)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
-        ax.set(xlabel=column, ylabel=label, xlim=(-0.5, len(values) - 0.5))
+        ax.set_xticks(np.arange(len(values)), labels, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                      rotation_mode="anchor" if rotate else "default")
+        ax.set(xlabel=_fit(column, _panel_width_in(figure, 2), _label_pt()), ylabel=label,
+               xlim=(-0.5, len(values) - 0.5))
         ax.grid(False, axis="x")
         if metric == "retention":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))

@@ -91,12 +91,32 @@ def fixed_parameters(records: pd.DataFrame) -> dict:
             if key in records and key not in SETTING_COLUMNS and records[key].nunique(dropna=False) == 1}
 
 
+def _compact_text(value) -> str:
+    """A value as a figure names it: a list or mapping (or its JSON text) without quotes, ``{aggregate: max}``."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_compact_text(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_compact_text(item) for item in value) + "]"
+    return str(value)
+
+
 def configuration_label(records: pd.DataFrame) -> pd.Series:
-    """Each record's varied parameters as one label (``bins=256, num_scales=3``); ``all`` when none varies."""
+    """Each record's varied parameters as one label (``bins=256, num_scales=3``); ``all`` when none varies.
+
+    Lists and mappings are written without quotes (``method_options={aggregate: max}``) unless that would make two
+    configurations' labels the same."""
     varied = varied_parameters(records)
     if not varied:
         return pd.Series("all", index=records.index)
-    return records[varied].astype(str).apply(lambda row: ", ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    full = records[varied].astype(str).apply(lambda row: ", ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    compact = records[varied].astype(str).apply(
+        lambda row: ", ".join(f"{k}={_compact_text(v)}" for k, v in row.items()), axis=1)
+    return compact if compact.nunique() == full.nunique() else full
 
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
@@ -151,9 +171,10 @@ def _threshold_axis(table: pd.DataFrame) -> pd.Series:
 def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3) -> dict:
     """A few images of each data set with their selection, for ``figures.plot_dataset_examples``.
 
-    For each data set, the first finished run's cached maps (``cache/<maps_key>.npz``, the key its records
-    kept) and its first threshold setting; data sets whose maps are not cached are left out. Nothing lists
-    the data sets, so a sweep directory whose data sets moved or are gone still makes its report.
+    For each data set, the run and threshold setting whose mean retention is nearest ``REFERENCE_RETENTION`` (the
+    first of a tie, in the records' order), with that run's cached maps (``cache/<maps_key>.npz``, the key its
+    records kept); data sets whose maps are not cached are left out. Nothing lists the data sets, so a sweep
+    directory whose data sets moved or are gone still makes its report. ``example_settings`` names what is shown.
 
     Parameters
     ----------
@@ -171,7 +192,7 @@ def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3)
     """
     examples = {}
     for dataset, rows in records.groupby("dataset", sort=True):
-        first = rows.iloc[0]
+        first = _example_rows(rows).iloc[0]
         key = first.get("maps_key")
         entry = load_entry(entry_path(Path(sweep_dir) / "cache", key)) if isinstance(key, str) else None
         if entry is None:
@@ -183,6 +204,48 @@ def example_patch_grids(sweep_dir, records: pd.DataFrame, per_data_set: int = 3)
             items.append((meta["name"], pixels, {size: mask[0] for size, mask in masks.items()}))
         examples[dataset] = items
     return examples
+
+
+def ablation_groups(records: pd.DataFrame) -> list[list[str]]:
+    """The varied parameters as the ablation figures show them: ``[key]`` for each parameter whose every value ran
+    with the same values of the other varied parameters (a grid axis), then one group of all the others, which
+    change together (zipped: ``method`` with ``method_options``), shown as their combinations, never pooled."""
+    varied = varied_parameters(records)
+    text = records[varied].astype(str)
+    alone, together = [], []
+    for key in varied:
+        others = [k for k in varied if k != key]
+        seen = [frozenset(map(tuple, part[others].drop_duplicates().to_numpy())) for _, part in text.groupby(key)]
+        (alone if not others or len(set(seen)) == 1 else together).append(key)
+    return [[key] for key in alone] + ([together] if together else [])
+
+
+def _example_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The records of one data set's run and setting whose mean retention is nearest ``REFERENCE_RETENTION``."""
+    keys = [key for key in ("run_id", "thresholds", *([] if "target_retention" not in rows else ["target_retention"]))
+            if key in rows]
+    groups = rows.groupby(keys, sort=False, dropna=False)
+    distance = (groups["retention"].mean() - REFERENCE_RETENTION).abs()
+    return groups.get_group(distance.index[int(np.argmin(distance.to_numpy()))])
+
+
+def example_settings(records: pd.DataFrame) -> dict[str, str]:
+    """``{dataset: what its examples show}``: the configuration and setting ``example_patch_grids`` takes, with their
+    mean retention, e.g. ``bins=512; thresholds 5.75/4; mean retention 52.0%``."""
+    records = records.assign(configuration=configuration_label(records))
+    shown = {}
+    for dataset, rows in records.groupby("dataset", sort=True):
+        first = _example_rows(rows)
+        row = first.iloc[0]
+        target = row.get("target_retention")
+        values = [v for v in str(row["thresholds"]).split(",") if v]
+        setting = "no thresholds" if not values else "thresholds " + "/".join(f"{float(v):.3g}" for v in values)
+        if target is not None and not pd.isna(target):
+            setting = f"target retention {float(target):g}"
+        parts = ([] if row["configuration"] == "all" else [row["configuration"]]) + [
+            setting, f"mean retention {_percent(first['retention'].mean())}"]
+        shown[str(dataset)] = "; ".join(parts)
+    return shown
 
 
 def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[str]:
@@ -206,7 +269,9 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
         made.append(name)
 
     with style.paper_context():
-        save(report_figures.plot_retention_vs_threshold(records, palette), "retention_vs_threshold")
+        curves = records.dropna(subset=["threshold"]).groupby(["dataset", "configuration"])["thresholds"].nunique()
+        if (curves > 1).any():  # a threshold axis only where some data set and configuration ran two settings or more
+            save(report_figures.plot_retention_vs_threshold(records, palette), "retention_vs_threshold")
         if any(f"score_{size}_mean" in records for size in _scale_sizes(records)):
             save(report_figures.plot_entropy_distributions(records, palette), "entropy_distributions")
         save(report_figures.plot_scale_mix(summary), "scale_mix")
@@ -221,11 +286,22 @@ def make_figures(records: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) ->
             save(figures.plot_model_vs_retention(curves, curve="curve" if marker == "configuration" else "dataset",
                                                  colour_by="dataset", marker_by=marker, palette=palette),
                  "model_vs_retention")
-        for column in varied_parameters(records):  # one figure per varied parameter: the ablation of that parameter
-            save(report_figures.plot_ablation(records, column, palette), f"{column}_ablation")
+        for group in ablation_groups(records):  # a figure per parameter varied alone, one for those that vary together
+            column = ", ".join(group)
+            shown = records
+            if len(group) > 1 or not pd.api.types.is_numeric_dtype(records[column]):  # values as text, compact
+                shown = records.assign(**{column: records[group].astype(str).apply(
+                    lambda row: ", ".join(_compact_text(value) for value in row), axis=1)})
+            save(report_figures.plot_ablation(shown, column, palette), f"{group[0]}_ablation")
         examples = example_patch_grids(out_dir.parent, records)
         if examples:
-            save(figures.plot_dataset_examples(examples, columns=2, palette=palette), "dataset_examples")
+            figure = figures.plot_dataset_examples(examples, columns=2, palette=palette)
+            named = example_settings(records)
+            for ax in figure.axes:  # each row names the configuration and setting it shows (``example_settings``)
+                if ax.get_ylabel() in named:
+                    ax.yaxis.label.set_text(f"{ax.get_ylabel()}\n" + report_figures._fit(
+                        named[ax.get_ylabel()], (figure.get_size_inches()[1] - 0.3) / len(examples) - 0.3, 8))
+            save(figure, "dataset_examples")
     return made
 
 

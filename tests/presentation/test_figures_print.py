@@ -269,3 +269,168 @@ def test_many_data_sets_wrap_into_small_multiples_each_column_labelled():
         labelled = {round(ax.get_position().x0, 3) for ax in shown if ax.get_xlabel()}
         assert len(labelled) == panels, "every column has its x axis labelled, also above an empty panel"
     plt.close("all")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The figures of every ablation in ablations/*.yaml, each sweep's shape made up from ``sweep_records``: nothing
+# drawn outside the page, no two texts on each other, nothing pooled or shared that the ablation cannot share.
+
+def text_layout_problems(figure) -> list[str]:
+    """Each text of ``figure`` (drawn tick labels only) that lies partly outside the page or on another text."""
+    import math
+
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    page = figure.bbox
+    every_tick, drawn_ticks = set(), set()
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            every_tick |= {id(t) for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                           for t in (tick.label1, tick.label2)}
+            if ax.get_visible():
+                drawn_ticks |= {id(t) for tick in axis._update_ticks() for t in (tick.label1, tick.label2)
+                                if t.get_visible()}
+    texts = [(t, t.get_window_extent(renderer)) for t in figure.findobj(plt.Text)
+             if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())
+             and (id(t) not in every_tick or id(t) in drawn_ticks)]
+    problems = [f"outside the page: {t.get_text()!r}" for t, box in texts
+                if box.x0 < page.x0 - 1 or box.y0 < page.y0 - 1 or box.x1 > page.x1 + 1 or box.y1 > page.y1 + 1]
+    for index, (t, box) in enumerate(texts):
+        for u, other in texts[index + 1:]:
+            if not (box.x0 < other.x1 - 0.5 and other.x0 < box.x1 - 0.5 and box.y0 < other.y1 - 0.5
+                    and other.y0 < box.y1 - 0.5):
+                continue
+            if t.get_rotation() % 180 and t.get_rotation() == u.get_rotation():  # slanted labels: baselines apart?
+                angle = math.radians(t.get_rotation())
+                (x1, y1), (x2, y2) = (text.get_transform().transform(text.get_position()) for text in (t, u))
+                if abs((y2 - y1) * math.cos(angle) - (x2 - x1) * math.sin(angle)) >= t.get_fontsize() * figure.dpi / 72:
+                    continue
+            problems.append(f"on each other: {t.get_text()!r} / {u.get_text()!r}")
+    return problems
+
+
+def ablation_records(kind: str) -> pd.DataFrame:
+    """Made-up records shaped like ``ablations/<kind>.yaml`` (one data set unless said: skimage)."""
+    base = sweep_records(measured=False, classifier=False)
+    one = base.query("dataset == 'skimage' and bins == 512 and num_scales == 3").assign(method_options="{}")
+    three = one[one["thresholds"].isin(["5.0,3.75", "5.75,4.0", "6.5,5.5"])]
+    if kind == "datasets":  # two data sets, one configuration, three settings
+        return base.query("bins == 512 and num_scales == 3")[lambda t: t["thresholds"].isin(three["thresholds"])]
+    if kind == "bins":
+        return pd.concat([three.assign(bins=bins, run_id=f"bins-{bins}", retention=three["retention"] * bins / 1024)
+                          for bins in (64, 128, 256, 512, 1024)], ignore_index=True)
+    if kind == "resolutions":  # one threshold setting
+        setting = one[one["thresholds"] == "5.75,4.0"]
+        return pd.concat([setting.assign(image_size=size, run_id=f"size-{size}") for size in (224, 336, 384, 448)],
+                         ignore_index=True)
+    if kind == "scales":  # num_scales zipped with thresholds; one scale has none
+        single = one[one["thresholds"] == "5.75,4.0"].assign(
+            num_scales=1, thresholds="", run_id="scales-1", tokens_16=196, tokens_32=np.nan, tokens_64=np.nan,
+            tokens_total=196, retention=1.0, savings=0.0, score_32_mean=np.nan, score_64_mean=np.nan)
+        two = base.query("dataset == 'skimage' and bins == 512 and num_scales == 2").assign(method_options="{}")
+        return pd.concat([single, two, three], ignore_index=True)
+    if kind == "scorers":  # method zipped with method_options and thresholds, each scorer on its own scale
+        parts = []
+        for method, options, scale in (("entropy", "{}", 1.0), ("laplacian", '{"aggregate": "max"}', 0.1),
+                                       ("laplacian", '{"aggregate": "mean"}', 0.01), ("upsample_mse", "{}", 0.001)):
+            scaled = three.assign(method=method, method_options=options, run_id=f"{method}-{options}")
+            scaled["thresholds"] = scaled["thresholds"].map(
+                lambda t: ",".join(f"{float(v) * scale:g}" for v in t.split(",")))
+            for column in ("score_16_mean", "score_32_mean", "score_64_mean"):
+                scaled[column] = scaled[column] * scale
+            parts.append(scaled)
+        return pd.concat(parts, ignore_index=True)
+    raise ValueError(kind)
+
+
+def draw_report_figures(records, tmp_path) -> dict:
+    """``{name: figure}`` of ``report.make_figures`` (each also saved under ``tmp_path``)."""
+    made, save = {}, figures.save_figure
+
+    def keep(figure, path, *args, **kwargs):
+        made[Path(path).name] = (figure, text_layout_problems(figure))
+        return save(figure, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figures, "save_figure", keep)
+        names = report.make_figures(records, report.summarise(records), tmp_path)
+    assert set(names) == set(made)
+    return made
+
+
+ABLATIONS = ("datasets", "bins", "resolutions", "scales", "scorers")
+
+
+@pytest.fixture(scope="module")
+def ablation_figures(tmp_path_factory):
+    return {kind: draw_report_figures(ablation_records(kind), tmp_path_factory.mktemp(kind)) for kind in ABLATIONS}
+
+
+@pytest.mark.parametrize("kind", ABLATIONS)
+def test_no_text_of_an_ablation_s_figures_is_off_the_page_or_on_another(ablation_figures, kind):
+    """Axis labels longer than their panel are broken into lines (``ViT-B speedup`` / ``(predicted)``), an axis label
+    is never taller than its panels, long configuration names wrap, crowded tick labels slant."""
+    problems = {name: found for name, (_, found) in ablation_figures[kind].items() if found}
+    assert not problems, problems
+
+
+def test_configurations_are_in_the_order_of_their_numbers(ablation_figures):
+    figure = ablation_figures["bins"]["scale_mix"][0]
+    headers = [tick.get_text() for tick in figure.axes[0].get_yticklabels() if tick.get_fontweight() == "bold"]
+    assert headers == ["bins=64", "bins=128", "bins=256", "bins=512", "bins=1024"], headers
+
+
+def test_parameters_that_change_together_make_one_ablation_of_their_combinations(ablation_figures):
+    """Zipped ``method``/``method_options`` are one figure over the four scorers, not two that pool unlike ones."""
+    drawn = ablation_figures["scorers"]
+    assert "method_ablation" in drawn and "method_options_ablation" not in drawn, sorted(drawn)
+    ax = drawn["method_ablation"][0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "entropy, {}", "laplacian, {aggregate: max}", "laplacian, {aggregate: mean}", "upsample_mse, {}"]
+    assert ax.get_xlabel().split() == ["method,", "method_options"]
+
+
+def test_scores_of_different_scorers_never_share_an_axis(ablation_figures):
+    drawn = ablation_figures["scorers"]
+    retention = [ax for ax in drawn["retention_vs_threshold"][0].axes if ax.get_visible()]
+    assert len({ax.get_xlim() for ax in retention}) == 4  # each scorer's thresholds on their own scale
+    entropy = drawn["entropy_distributions"][0]
+    assert len(entropy.axes) == 4 * 3  # a row of panels per scorer
+    assert len({ax.get_xlim() for ax in entropy.axes}) > 3
+    assert entropy.axes[0].get_xlabel() == "" and entropy.axes[-1].get_xlabel() == "mean patch score"
+    assert report_figures._scorers(ablation_records("bins")) == 1
+
+
+def test_a_sweep_of_one_threshold_setting_has_no_threshold_axis(ablation_figures):
+    assert "retention_vs_threshold" not in ablation_figures["resolutions"]
+    assert "image_size_ablation" in ablation_figures["resolutions"]
+
+
+def test_a_configuration_without_thresholds_says_so_in_its_panel(ablation_figures):
+    figure = ablation_figures["scales"]["retention_vs_threshold"][0]
+    texts = [text.get_text() for ax in figure.axes for text in ax.texts]
+    assert texts == ["no thresholds:\nmean retention 100%"], texts
+
+
+def test_the_key_names_no_dot_that_is_not_drawn():
+    records = pd.concat([ablation_records("datasets").assign(image=lambda t, i=i: t["image"] + f"-{i}")
+                         for i in range(11)], ignore_index=True)  # 77 and 66 images a data set: no dots
+    with style.paper_context():
+        many = report_figures.plot_entropy_distributions(records.assign(configuration="all"))
+        few = report_figures.plot_entropy_distributions(ablation_records("datasets").assign(configuration="all"))
+    assert "one image (its mean)" not in [t.get_text() for t in many.legends[0].get_texts()]
+    assert "one image (its mean)" in [t.get_text() for t in few.legends[0].get_texts()]
+    plt.close("all")
+
+
+def test_examples_show_the_setting_nearest_half_retention_and_say_which():
+    records = sweep_records(measured=False, classifier=False).assign(
+        configuration=lambda t: report.configuration_label(t))
+    named = report.example_settings(records)
+    for dataset, rows in records.groupby("dataset"):
+        means = rows.groupby(["run_id", "thresholds"], sort=False)["retention"].mean()
+        (run, setting), mean = (means - 0.5).abs().idxmin(), means[(means - 0.5).abs().idxmin()]
+        chosen = report._example_rows(rows)
+        assert set(chosen["run_id"]) == {run} and set(chosen["thresholds"]) == {setting}
+        thresholds = "/".join(f"{float(v):.3g}" for v in setting.split(","))
+        assert named[dataset].endswith(f"thresholds {thresholds}; mean retention {100 * mean:.1f}%"), named[dataset]
