@@ -2,7 +2,7 @@
 
     python3 run.py bench                       # everything this machine can run
     python3 run.py bench --sections entropy    # one section (entropy, scaling, tokenizer, one_image, loader, cache,
-                                               # vit, launch, cuda, startup)
+                                               # vit, training, launch, cuda, startup)
     python3 run.py bench --out benchmarks/RESULTS-cpu.md
     python -m benchmarks.run --sections entropy   # the same, from the repository root
 

@@ -4,6 +4,8 @@ The timings are not checked here (speed is the suite's business, not the tests')
 that each table row it prints compares like with like.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -58,3 +60,37 @@ def test_launch_section_counts_the_fused_forward_kernels():
     result = launch.run(batch=4, repeats=3)
     assert result.records["launches_per_forward"] == 7
     assert result.records["tokens"] > 4
+
+
+def test_training_section_measures_uniform_and_apt_beside_the_cost_model():
+    from benchmarks.sections import training
+
+    with common.torch_threads(1):  # a loaded 2-core machine's second thread slows every parallel region
+        result = training.run(models=(("vit_small_patch16_224", 2),), size=64, warmup=0, repeats=1)
+    records = result.records["records"]
+    assert [r["mode"] for r in records] == ["inference", "training step"]
+    for record in records:
+        assert record["uniform_tokens"] == 17 and record["apt_tokens"] < 17  # real images merge at [5.5, 4.0]
+        assert record["uniform_img_s"] > 0 and record["apt_img_s"] > 0 and record["predicted"] > 1
+        assert record["ratio"] == pytest.approx(record["measured"] / record["predicted"])
+    assert records[0]["padded_img_s"] > 0 and records[0]["tokenizer_whole_ms_per_img"] > 0
+    assert records[1]["apt_optimizer_ms"] > 0 and len(result.records["load_average_start"]) == 3
+    text = render(result)
+    assert "measured / predicted" in text and "whole tokenizer ms/img" in text
+
+
+def test_gpu_throughput_script_plans_and_smoke_runs_on_cpu(tmp_path, capsys):
+    from benchmarks.gpu import throughput
+
+    assert throughput.main(["--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "378 (for 384)" in plan and "vit_h" in plan and "retention 0.44" in plan
+    out = tmp_path / "smoke.md"
+    with common.torch_threads(1):
+        assert throughput.main(["--smoke", "--settings", "5.5,4.0", "retention", "--out", str(out)]) == 0
+    records = json.loads(out.with_suffix(".json").read_text())["throughput"]["records"]
+    assert [(r["setting"], r["mode"]) for r in records] == [
+        ("thresholds", "inference"), ("thresholds", "training step"),
+        ("calibrated to retention 0.75", "inference"), ("calibrated to retention 0.75", "training step")]
+    assert all(r["dtype"] == "bfloat16" and r["apt_img_s"] > 0 and r["padded_img_s"] > 0 for r in records)
+    assert "paper" in out.read_text()

@@ -131,12 +131,19 @@ def _check_kernel(kernel: str) -> str:
 
 
 def _sdpa(q, k, v, layout: PackedLayout, dropout_p: float) -> torch.Tensor:
-    """One SDPA per run of consecutive images of equal length, each a view of the packed tensors (one call in all
-    where nothing merged); the outputs concatenated in packing order."""
+    """One SDPA per run of consecutive images of equal length (one call in all where nothing merged); the outputs
+    concatenated in packing order.
+
+    The runs are taken with ``split``, not by slicing: autograd turns the gradient of each slice into a
+    zero-filled tensor of the whole packed size and adds them up (work quadratic in the batch), where
+    ``split``'s backward concatenates the pieces once.
+    """
+    runs = list(layout.runs())
+    sizes = [images * length for _, images, length in runs]
+    pieces = [x.split(sizes) for x in (q, k, v)]
     outputs = []
-    for first, images, length in layout.runs():
-        end = first + images * length
-        run = [x[first:end].unflatten(0, (images, length)).transpose(1, 2) for x in (q, k, v)]
+    for index, (_, images, length) in enumerate(runs):
+        run = [piece[index].unflatten(0, (images, length)).transpose(1, 2) for piece in pieces]
         outputs.append(F.scaled_dot_product_attention(*run, dropout_p=dropout_p).transpose(1, 2).flatten(0, 1))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 

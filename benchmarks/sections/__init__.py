@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..report import Result
-from . import cache, cuda, entropy, launch, loader, one_image, scaling, startup, tokenizer, vit
+from . import cache, cuda, entropy, launch, loader, one_image, scaling, startup, tokenizer, training, vit
 
 SECTIONS: dict[str, Callable[..., Result]] = {
     "entropy": entropy.run,
@@ -20,6 +20,7 @@ SECTIONS: dict[str, Callable[..., Result]] = {
     "loader": loader.run,
     "cache": cache.run,
     "vit": vit.run,
+    "training": training.run,
     "launch": launch.run,
     "cuda": cuda.run,
     "startup": startup.run,
