@@ -147,8 +147,11 @@ def cmd_evaluate(args) -> int:
             num_scales=args.num_scales, thresholds=thresholds, target_retention=args.target_retention,
             image_size=args.image_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
             precision=args.precision, limit=args.limit)
-    except (ValueError, TypeError) as error:  # checked arguments (thresholds, device) that reach the library
-        raise UsageError(str(error)) from error
+    except (ValueError, TypeError, RuntimeError) as error:  # checked arguments (thresholds, device) in the library
+        raise UsageError(str(error).splitlines()[0]) from error
+    except KeyboardInterrupt:
+        print("apt-research evaluate: interrupted; nothing was written", file=sys.stderr)
+        return 130
     from .models.accuracy import markdown_table
 
     print(markdown_table(frame), end="")
@@ -174,10 +177,12 @@ def _add_model_commands(commands) -> None:
     ev.add_argument("--data", required=True,
                     help="a folder of class sub-folders (ImageNet synsets, or classes the model was fine-tuned on), "
                          "or 'synthetic'")
-    ev.add_argument("--num-scales", "--num_scales", type=int, default=3, help="patch sizes p, 2p, 4p, ... (default 3)")
+    ev.add_argument("--num-scales", "--num_scales", type=int,
+                    help="patch sizes p, 2p, 4p, ... (default 3, or the fine-tuned checkpoint's)")
     group = ev.add_mutually_exclusive_group()
     group.add_argument("--thresholds", type=_thresholds, nargs="+",
-                       help="num_scales - 1 numbers, '6 5' or '6,5' (default 5.75 4.0 for 3 scales, 5.5 for 2)")
+                       help="num_scales - 1 numbers, '6 5' or '6,5' (default: a fine-tuned checkpoint's, else "
+                            "5.75 4.0 for 3 scales, 5.5 for 2)")
     group.add_argument("--target-retention", "--target_retention", type=_unit_interval,
                        help="calibrate the thresholds to this mean retention on the first 64 images")
     ev.add_argument("--image-size", "--image_size", type=int, help="model input side (default: the model's own)")

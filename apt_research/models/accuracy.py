@@ -153,6 +153,11 @@ def calibrated_thresholds(dataset, num_scales: int, target_retention: float, cou
 
     maps = [item[0]["importance_maps"] for item in (dataset[index] for index in range(min(count, len(dataset))))
             if item is not None]
+    if not maps:
+        from ..errors import UsageError
+
+        raise UsageError(f"target retention: none of the first {min(count, len(dataset))} images can be decoded to "
+                         "calibrate thresholds on; give thresholds instead")
     stacked = {size: torch.stack([one[size] for one in maps]) for size in maps[0]}
     return calibrate_thresholds(stacked, target_retention).thresholds[: num_scales - 1]
 
@@ -165,7 +170,8 @@ def run_evaluation(model: str, data: str, out, *, checkpoint=None, pretrained: b
 
     Writes ``out/evaluation.csv`` (``COLUMNS`` after ``model``), ``out/evaluation.md`` and
     ``out/evaluation.json`` (the parameters and provenance) into ``out``, a folder it creates and
-    marks (or one it made before). Returns the rows as a ``pandas.DataFrame``.
+    marks (or one it made before). A fine-tuned checkpoint's own scales and thresholds are used unless
+    others are given. Returns the rows as a ``pandas.DataFrame``.
     """
     import json
 
@@ -177,8 +183,15 @@ def run_evaluation(model: str, data: str, out, *, checkpoint=None, pretrained: b
     from .classes import class_mapping, data_classes, labelled_data, labelled_loader
     from .timm_vit import from_timm
 
+    from ..errors import UsageError
+
     content = read_checkpoint(checkpoint) if checkpoint is not None else None
     ours = content is not None and "class_names" in content
+    if ours and content.get("model") != model:
+        raise UsageError(f"--checkpoint holds a fine-tuned {content.get('model')!r}, not --model {model!r}")
+    if ours and thresholds is None and target_retention is None and num_scales in (None, content["num_scales"]):
+        num_scales, thresholds = content["num_scales"], list(content["thresholds"])  # what it was fine-tuned at
+    num_scales = 3 if num_scales is None else num_scales
     class_names = content["class_names"] if ours else None
     options = model_options_for(model, image_size, content.get("model_options") if ours else None)
     names = data_classes(data)
@@ -186,8 +199,6 @@ def run_evaluation(model: str, data: str, out, *, checkpoint=None, pretrained: b
                           num_classes=len(class_names) if class_names else None)
     mapping = class_mapping(names, network.num_classes, class_names)
     if thresholds is not None and target_retention is not None:
-        from ..errors import UsageError
-
         raise UsageError("give --thresholds or --target-retention, not both")
     # with a target retention the thresholds are calibrated below; any valid ones do until then
     initial = thresholds if thresholds is not None else (
@@ -205,7 +216,7 @@ def run_evaluation(model: str, data: str, out, *, checkpoint=None, pretrained: b
     rows = evaluate_tokenizations(apt, loader, device, precision, progress=progress)
     frame = pd.DataFrame([{"model": model, **row} for row in rows])
     parameters = {"model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
-                  "pretrained": pretrained, "data": str(data), "num_scales": num_scales,
+                  "pretrained": pretrained and content is None, "data": str(data), "num_scales": num_scales,
                   "thresholds": list(apt.tokenizer.thresholds), "target_retention": target_retention,
                   "image_size": size, "batch_size": batch_size, "workers": workers, "limit": limit,
                   "precision": precision, "classes": len(names)}

@@ -40,8 +40,11 @@ def read_checkpoint(path, argument: str = "--checkpoint") -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling or format failure is the file's problem
+        reason = ("it holds objects other than tensors and plain data, and loading those could run code"
+                  if "weights_only" in str(error) or "Unsupported global" in str(error)
+                  else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
         raise UsageError(f"{argument} {str(path)!r} is not a checkpoint torch can read as plain data: "
-                         f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
+                         f"{reason}") from error
     if not isinstance(content, dict):
         raise UsageError(f"{argument} {str(path)!r} holds a {type(content).__name__}, expected a state_dict or a "
                          "checkpoint of apt-research finetune")
@@ -79,8 +82,12 @@ def load_weights(apt, content: dict, model_name: str, argument: str = "--checkpo
     """
     if content.get("kind") == KIND and content.get("model") != model_name:
         raise UsageError(f"{argument} holds a fine-tuned {content.get('model')!r}, not --model {model_name!r}")
-    state = content["state"]
+    state = content.get("state")
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UsageError(f"{argument} holds no weights (its 'state' is not a dict of tensors)")
     target = apt if any(key.startswith("model.") for key in state) else apt.model
+    if target is apt and apt.merge_proj is None:  # a one-scale wrapper has no merge to load
+        state = {key: value for key, value in state.items() if not key.startswith("merge_")}
     own = target.state_dict()
     mismatched = [f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}" for key, value in state.items()
                   if key in own and tuple(value.shape) != tuple(own[key].shape)]

@@ -166,10 +166,14 @@ class ImageFolderClasses(Dataset):
     seed : int
         Seeds each item's augmentation by (seed, epoch, index): the same image gets the same
         augmentation whatever the number of processes or workers (``set_epoch``).
+    replace_unreadable : bool
+        Training: an undecodable image is replaced by the next readable one (and counted), so every
+        batch, on every process, keeps its size. Evaluation leaves it out (and counts it).
     """
 
     def __init__(self, root, mapping: dict[str, int], transform, tokenizer: PatchTokenizer,
-                 limit: int | None = None, seed: int = 0, max_pixels: int | None = 25_000_000):
+                 limit: int | None = None, seed: int = 0, max_pixels: int | None = 25_000_000,
+                 replace_unreadable: bool = False):
         root = Path(root)
         self.samples = [(path, mapping[name]) for name in mapping for path in image_files(root / name)]
         self.samples.sort(key=lambda sample: str(sample[0]))
@@ -177,6 +181,7 @@ class ImageFolderClasses(Dataset):
             self.samples = self.samples[:limit]
         self.transform, self.maps = transform, MapsTransform(tokenizer)
         self.seed, self.epoch, self.max_pixels = seed, 0, max_pixels
+        self.replace_unreadable = replace_unreadable
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -185,15 +190,22 @@ class ImageFolderClasses(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        """``(maps dict, class)``, or ``None`` for an undecodable image; with ``replace_unreadable``, the next
+        readable image's ``(maps dict, class, 1)`` instead (``(..., 0)`` for a readable one)."""
         from PIL import Image
 
-        path, label = self.samples[index]
-        try:
-            array, _ = decode_image(path, self.max_pixels)
-        except Exception:  # any decoder failure: this image is skipped and counted
-            return None
-        _seed_item(self.seed, self.epoch, index)
-        return self.maps(self.transform(Image.fromarray(array))), label
+        for offset in range(len(self.samples) if self.replace_unreadable else 1):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                array, _ = decode_image(path, self.max_pixels)
+            except Exception:  # any decoder failure: this image is skipped (or replaced) and counted
+                continue
+            _seed_item(self.seed, self.epoch, index)
+            item = self.maps(self.transform(Image.fromarray(array)))
+            return (item, label, int(offset > 0)) if self.replace_unreadable else (item, label)
+        if self.replace_unreadable:
+            raise UsageError(f"no image of the {len(self.samples)} in the data can be decoded")
+        return None
 
 
 class SyntheticClasses(Dataset):
@@ -265,8 +277,9 @@ class LabelledCollate:
         items = [item for item in batch if item is not None]
         if not items:
             return LabelledBatch({}, torch.zeros(0, dtype=torch.int64), len(batch))
-        tokens, labels = self.pack(items)
-        return LabelledBatch(tokens, labels, len(batch) - len(items))
+        tokens, labels, *replaced = self.pack(items)
+        skipped = len(batch) - len(items) + (int(replaced[0].sum()) if replaced else 0)
+        return LabelledBatch(tokens, labels, skipped)
 
 
 def labelled_loader(dataset: Dataset, tokenizer: PatchTokenizer, batch_size: int, workers: int,
@@ -298,7 +311,7 @@ def labelled_data(data: str, mapping: dict[str, int], model, tokenizer: PatchTok
         count = limit or (600 if training else 200)
         return SyntheticClasses(count, image_size, model, tokenizer, 0 if training else 10_000, training, seed)
     transform = timm_transform(model, image_size, training, augmentation, random_erasing)
-    dataset = ImageFolderClasses(data, mapping, transform, tokenizer, limit, seed)
+    dataset = ImageFolderClasses(data, mapping, transform, tokenizer, limit, seed, replace_unreadable=training)
     if not len(dataset):
         raise UsageError(f"{argument} {data!r} holds no image")
     return dataset

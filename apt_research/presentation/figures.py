@@ -192,7 +192,7 @@ def save_figure(figure, path, formats=("pdf", "png"), legends: str = "outside") 
     The file has the figure's own size (``figure.get_size_inches()``): nothing is cropped (no
     ``bbox_inches="tight"``, which changes the width); a figure without a layout engine gets
     constrained layout first. ``legends="outside"`` first moves every legend off the data
-    (``legends_outside``); ``"keep"`` leaves them.
+    (``legends_outside``); ``"keep"`` leaves them. Fonts are embedded as TrueType (Type 42).
     """
     if legends not in ("outside", "keep"):
         raise ValueError(f"legends must be 'outside' or 'keep', got {legends!r}")
@@ -201,9 +201,12 @@ def save_figure(figure, path, formats=("pdf", "png"), legends: str = "outside") 
         legends_outside(figure)
     path = Path(path)
     targets = [path] if path.suffix else [path.with_suffix(f".{fmt}") for fmt in formats]
-    for target in targets:
-        with atomic_path(target) as temporary:
-            figure.savefig(temporary, bbox_inches=None, format=target.suffix[1:].replace("jpg", "jpeg"))
+    # fonts embedded as TrueType (Type 42) whatever the rc settings at save time: a figure drawn in
+    # ``style.paper_context()`` and saved after it would otherwise get matplotlib's default Type 3
+    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
+        for target in targets:
+            with atomic_path(target) as temporary:
+                figure.savefig(temporary, bbox_inches=None, format=target.suffix[1:].replace("jpg", "jpeg"))
     return targets
 
 

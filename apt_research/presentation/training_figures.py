@@ -22,7 +22,8 @@ def top1_vs_steps(evaluations: pd.DataFrame, columns: int = 1):
     -------
     matplotlib.figure.Figure
         APT fine-tuned (line and points), the same model on uniform tokens (line), and two reference
-        lines from step 0: uniform before fine-tuning and APT zero-shot.
+        lines from step 0: uniform before fine-tuning and APT zero-shot; the key below the axes (save it
+        with ``save_figure(..., legends="keep")``).
     """
     missing = sorted({"step", "tokenization", "top1"} - set(evaluations))
     if missing:
@@ -31,7 +32,7 @@ def top1_vs_steps(evaluations: pd.DataFrame, columns: int = 1):
         raise ValueError("evaluations must hold step 0 (the model before fine-tuning), got steps "
                          f"{sorted(evaluations['step'].unique())[:5]}")
     with style.paper_context():
-        figure, axis = style.subplots(columns, height=2.3)
+        figure, axis = style.subplots(columns, height=2.6)
         colours = style.DATASET_COLOURS
         by = {name: rows.sort_values("step") for name, rows in evaluations.groupby("tokenization")}
         start = evaluations[evaluations["step"] == 0].set_index("tokenization")["top1"]
@@ -42,7 +43,7 @@ def top1_vs_steps(evaluations: pd.DataFrame, columns: int = 1):
             axis.axhline(100 * start["apt"], color=colours[1], linestyle="--", linewidth=1, label="APT zero-shot")
         if "uniform" in by:
             axis.plot(by["uniform"]["step"], 100 * by["uniform"]["top1"], color=colours[0], marker="s",
-                      markersize=3, label="uniform tokens")
+                      markersize=3, label="uniform tokens, same model")
         if "apt" in by:
             retention = by["apt"]["retention"].mean() if "retention" in by["apt"] else None
             label = "APT fine-tuned" + (f" ({100 * retention:.0f}% tokens)" if retention == retention and retention
@@ -51,5 +52,5 @@ def top1_vs_steps(evaluations: pd.DataFrame, columns: int = 1):
                       label=label)
         axis.set_xlabel("fine-tuning steps")
         axis.set_ylabel("validation top-1 (%)")
-        axis.legend(loc="lower right")
+        figure.legend(*axis.get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return figure

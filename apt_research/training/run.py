@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 import random
 import sys
 import time
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from .._io import check_claimable, claim, make_dirs, require_owned, write_atomic
+from .._io import check_claimable, claim, make_dirs, remove_partial_files, require_owned, write_atomic
 from ..errors import NotPlainData, OwnershipError, SpecError, UsageError
 from ..models.accuracy import (
     autocast_for, calibrated_thresholds, default_thresholds, evaluate_tokenizations, model_options_for,
@@ -90,6 +91,23 @@ def _parameter_groups(net, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
+def _initial_head_size(initial: dict | None) -> int | None:
+    """The number of classes of the starting weights' head (``None`` without starting weights or head)."""
+    if initial is None:
+        return None
+    if "class_names" in initial:
+        return len(initial["class_names"])
+    head = initial.get("state", {}).get("head.weight")
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.dim() == 2 else None
+
+
+def _shown_change(before, after) -> str:
+    gone = [name for name in before if name not in after]
+    new = [name for name in after if name not in before]
+    parts = [f"gone {gone[:5]}" if gone else "", f"new {new[:5]}" if new else ""]
+    return "; ".join(part for part in parts if part) or "the same names in another order"
+
+
 def _random_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -127,12 +145,21 @@ class Run:
         last = self.out / "checkpoints" / "last.pt"
         if self.resume:
             require_owned(self.out, KIND, "--out")
+            if not (self.out / "spec.yaml").is_file():
+                raise UsageError(f"--resume: {str(self.out)!r} has no spec.yaml (the run's spec, written when it "
+                                 "began), so nothing says what it ran; start a new --out")
             saved = load_finetune_spec(self.out / "spec.yaml", base=Path("/"))
             changed = saved.differences(self.spec)
             if changed:
                 raise UsageError(f"--resume: the spec differs from the run in {str(self.out)!r}: "
                                  + "; ".join(changed) + " (resume with the same spec, or start a new --out)")
-            return read_checkpoint(last, "--out's checkpoint") if last.is_file() else None
+            remove_partial_files(self.out, [".", "checkpoints"])  # a checkpoint write a kill cut short
+            try:
+                return read_checkpoint(last, "--out's checkpoint") if last.is_file() else None
+            except UsageError as error:
+                raise UsageError(f"{error}; the run cannot resume from it (checkpoints/best.pt, if there, holds the "
+                                 "best weights evaluated: start a new --out from it with the spec key checkpoint)"
+                                 ) from None
         if check_claimable(self.out, KIND) and (last.is_file() or (self.out / "metrics.csv").is_file()):
             raise UsageError(f"--out {str(self.out)!r} holds a fine-tuning run: add --resume to continue it, or "
                              "choose another folder")
@@ -145,29 +172,37 @@ class Run:
         spec, device = self.spec, self.processes.device
         torch.manual_seed(spec.seed)
         initial = read_checkpoint(spec.checkpoint, "checkpoint") if spec.checkpoint else None
+        if initial is not None and initial.get("kind") and initial.get("model") != spec.model:
+            raise UsageError(f"checkpoint holds a fine-tuned {initial.get('model')!r}, not model {spec.model!r}")
         names = data_classes(spec.train_data, "train_data")
         options = model_options_for(spec.model, spec.image_size, spec.model_options)
         model = build_model(spec.model, spec.pretrained and initial is None, options)
-        if initial is not None and "class_names" in initial and model.num_classes != len(initial["class_names"]):
-            model.reset_classifier(len(initial["class_names"]))
-        if initial is not None:
-            load_weights(from_timm(model, 1, []), initial, spec.model, "checkpoint")
-        synsets = all(SYNSET.fullmatch(name) for name in names) and model.num_classes == 1000
-        if not synsets and model.num_classes != len(names):
-            model.reset_classifier(len(names))  # the reference's match_head_shape
-        self.class_names = imagenet_synsets() if synsets else names
-        self.mapping = class_mapping(names, model.num_classes, self.class_names, "train_data")
-        set_drop_path(model, spec.drop_path)
+        head = _initial_head_size(initial)
+        if head is not None and model.num_classes != head:
+            model.reset_classifier(head)  # the starting weights' head, replaced below if the data differ
         thresholds = spec.thresholds if spec.thresholds is not None else (
             [0.0] * (spec.num_scales - 1) if spec.target_retention is not None else default_thresholds(
                 spec.num_scales, "thresholds"))
         self.apt = from_timm(model, spec.num_scales, thresholds, spec.method, **spec.method_options)
+        if initial is not None:
+            load_weights(self.apt, initial, spec.model, "checkpoint")
+        synsets = all(SYNSET.fullmatch(name) for name in names) and model.num_classes == 1000
+        if not synsets and model.num_classes != len(names):
+            model.reset_classifier(len(names))  # the reference's match_head_shape
+        self.class_names = imagenet_synsets() if synsets else names
+        if checkpoint is not None and list(checkpoint["class_names"]) != self.class_names:
+            raise UsageError(f"--resume: the training data's classes changed since the run began: "
+                             f"{_shown_change(checkpoint['class_names'], self.class_names)}")
+        self.mapping = class_mapping(names, model.num_classes, self.class_names, "train_data")
+        set_drop_path(model, spec.drop_path)
         size = model.patch_embed.img_size[0]
         self.train_set = labelled_data(spec.train_data, self.mapping, model, self.apt.tokenizer, size, training=True,
                                        limit=spec.train_images, seed=spec.seed, augmentation=spec.augmentation,
                                        random_erasing=spec.random_erasing, argument="train_data")
-        if spec.target_retention is not None:
-            self.apt.set_thresholds(calibrated_thresholds(self.train_set, spec.num_scales, spec.target_retention))
+        if spec.target_retention is not None and checkpoint is None:  # on the images as evaluated, not augmented
+            plain = labelled_data(spec.train_data, self.mapping, model, self.apt.tokenizer, size, limit=64,
+                                  argument="train_data")
+            self.apt.set_thresholds(calibrated_thresholds(plain, spec.num_scales, spec.target_retention))
         self.val_set = None
         if spec.val_data is not None:
             val_names = data_classes(spec.val_data, "val_data")
@@ -246,7 +281,7 @@ class Run:
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self._evaluate(epoch)
                 if self.step % checkpoint_every == 0 or self.step == self.total_steps:
-                    self._checkpoint()
+                    self._checkpoint("last.pt")
                 if self.step >= self.total_steps or self.step % self.steps_per_epoch == 0:
                     break
                 began = time.perf_counter()
@@ -261,11 +296,12 @@ class Run:
             loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.spec.label_smoothing)
         mean_loss = self.processes.mean(loss.item())
         if not math.isfinite(mean_loss):
-            kept = self.metrics[-1]["step"] if self.metrics else 0
+            kept = (f"the last good checkpoint (step {self._checkpointed_step()}) is kept in "
+                    f"{self.out / 'checkpoints' / 'last.pt'}" if self._checkpointed_step() else
+                    "no checkpoint had been written yet")
             raise TrainingStopped(
-                f"the loss is {mean_loss} at step {self.step + 1} (epoch {epoch}): stopped; the last good checkpoint "
-                f"(step {self._checkpointed_step()}) is kept in {self.out / 'checkpoints'} (last logged step {kept}); "
-                "lower lr or check the data, then start a new --out")
+                f"the loss is {mean_loss} at step {self.step + 1} (epoch {epoch}): stopped; {kept}; lower lr or "
+                "check the data, then start a new --out")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -307,10 +343,13 @@ class Run:
             if self._improved:
                 self.best = trained["top1"]
         self.net.train()
-        self._improved = self.processes.broadcast(getattr(self, "_improved", False))
+        improved = self.processes.broadcast(getattr(self, "_improved", False))
         self.best = self.processes.broadcast(self.best)
+        if improved:
+            self._checkpoint("best.pt")  # the weights that were just evaluated
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, name: str) -> None:
+        """Write ``checkpoints/NAME`` (``last.pt`` or ``best.pt``) on rank 0; every process takes part."""
         states = self.processes.gather(_random_state())
         if self.processes.main:
             content = {
@@ -325,15 +364,14 @@ class Run:
             }
             folder = make_dirs(self.out / "checkpoints")
             try:
-                save_checkpoint(folder / "last.pt", content)
-                if getattr(self, "_improved", False):
-                    save_checkpoint(folder / "best.pt", content)
+                save_checkpoint(folder / name, content)
             except OSError as error:
                 raise TrainingStopped(
-                    f"could not write a checkpoint at step {self.step}: {error}; the previous checkpoint "
+                    f"could not write {name} at step {self.step}: {error}; the previous checkpoint "
                     f"(step {self._checkpointed_step()}) in {folder} is intact: free space, then --resume") from error
             self._improved = False
-        self._last_saved = self.step
+        if name == "last.pt":
+            self._last_saved = self.step
         self.processes.barrier()
 
 
@@ -349,15 +387,22 @@ def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
     Under ``torchrun`` every process calls this; only rank 0 writes.
     """
     spec = spec if isinstance(spec, FinetuneSpec) else load_finetune_spec(spec)
-    processes = start(spec.device)
+    lock = None
+    with _setting_up():
+        processes = start(spec.device)
     try:
         run = Run(spec, Path(out), resume, processes, progress)
-        checkpoint = run.prepare_folder() if processes.main else None
+        if processes.main:
+            lock = _lock(Path(out), resume)
+            checkpoint = run.prepare_folder()
         processes.barrier()
         if not processes.main and resume:
             checkpoint = read_checkpoint(Path(out) / "checkpoints" / "last.pt", "--out's checkpoint") if (
                 Path(out) / "checkpoints" / "last.pt").is_file() else None
-        run.build(checkpoint)
+        elif not processes.main:
+            checkpoint = None
+        with _setting_up():
+            run.build(checkpoint)
         if processes.main:
             from ..provenance import provenance
 
@@ -366,7 +411,40 @@ def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
         run.train()
     finally:
         processes.close()
+        if lock is not None:
+            lock.release()
     return Path(out)
+
+
+def _lock(out: Path, resume: bool):
+    """One run at a time in ``out``: a lock held while this process runs (released by the system if it dies).
+
+    ``out`` is claimed first (a new run) or must be ours already (``--resume``)."""
+    from filelock import FileLock, Timeout
+
+    if resume:
+        require_owned(out, KIND, "--out")
+    else:
+        claim(out, KIND)
+    lock = FileLock(str(out / ".finetune.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"--out {str(out)!r}: another finetune is running in it; wait for it to end, or choose "
+                         "another folder") from None
+    return lock
+
+
+@contextmanager
+def _setting_up():
+    """What a spec value makes a library refuse while the run is set up becomes one line naming it."""
+    try:
+        yield
+    except (UsageError, OwnershipError, SpecError, NotPlainData):
+        raise
+    except (ValueError, TypeError, RuntimeError, AssertionError, KeyError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"the spec cannot be set up: {type(error).__name__}: {message}") from error
 
 
 def main_for_cli(spec_path: str, out: str, resume: bool) -> int:
@@ -378,6 +456,12 @@ def main_for_cli(spec_path: str, out: str, resume: bool) -> int:
         return 2
     except TrainingStopped as error:
         print(f"apt-research finetune: stopped: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("apt-research finetune: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
+        return 130
+    except OSError as error:  # a full disk, a folder without write permission, a link planted in our folder
+        print(f"apt-research finetune: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

@@ -65,7 +65,7 @@ class FinetuneSpec(BaseModel):
                                          "random resized crop and flip only)")
     random_erasing: float = _field(0.25, "random erasing probability for folders (constant fill)", ge=0, le=1,
                                    allow_inf_nan=False)
-    seed: int = _field(42, "seeds the data order, augmentation and initial weights")
+    seed: int = _field(42, "seeds the data order, augmentation and initial weights", ge=0, lt=2**63)
     precision: Literal[PRECISIONS] = _field("auto", "`32`, `bf16-mixed`, `16-mixed`; auto: 16-mixed on CUDA, 32 on "
                                                     "CPU")
     workers: int = _field(4, "loader worker processes per process (maps are computed there)", execution=True, ge=0)
@@ -77,6 +77,10 @@ class FinetuneSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_length(self):
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})")
         if self.thresholds is not None and self.target_retention is not None:

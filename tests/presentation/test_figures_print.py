@@ -434,3 +434,23 @@ def test_examples_show_the_setting_nearest_half_retention_and_say_which():
         assert set(chosen["run_id"]) == {run} and set(chosen["thresholds"]) == {setting}
         thresholds = "/".join(f"{float(v):.3g}" for v in setting.split(","))
         assert named[dataset].endswith(f"thresholds {thresholds}; mean retention {100 * mean:.1f}%"), named[dataset]
+
+
+def test_finetune_figure_prints_as_it_is(tmp_path):
+    """notebooks/finetune.ipynb's top-1 against steps: one column, fonts embedded, text 6-9 pt, key off the data."""
+    from apt_research.presentation.training_figures import top1_vs_steps
+
+    steps = [0, 40, 80]
+    evaluations = pd.DataFrame(
+        [{"step": step, "tokenization": name, "top1": top1, "retention": 1.0 if name == "uniform" else 0.4}
+         for step, uniform, apt in zip(steps, [0.88, 0.82, 0.63], [0.72, 0.84, 0.89])
+         for name, top1 in (("uniform", uniform), ("apt", apt))])
+    figure = top1_vs_steps(evaluations)
+    assert legends_clear_of_data(figure)
+    figures.save_figure(figure, tmp_path / "finetune_top1", legends="keep")
+    facts = pdf_facts(tmp_path / "finetune_top1.pdf")
+    assert facts["width"] == pytest.approx(style.ONE_COLUMN_IN * 72, abs=0.01)
+    assert not facts["type3"] and facts["truetype"] >= 1
+    assert facts["sizes"] and all(style.MIN_FONT_PT <= size <= style.MAX_FONT_PT for size in facts["sizes"])
+    with pytest.raises(ValueError, match="must hold step 0"):
+        top1_vs_steps(evaluations[evaluations["step"] > 0])

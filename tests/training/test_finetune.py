@@ -148,6 +148,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     ({"thresholds": [5.0, 4.0]}, "thresholds must have num_scales - 1 = 1 entries"),
     ({"lr": "fast"}, "lr: Input should be a valid number"),
     ({"batch_size": 100}, "batch_size 100 is larger than the training data (48 images)"),
+    ({"device": "tpu"}, "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ({"method": "nosuch"}, "the spec cannot be set up"),
 ])
 def test_bad_specs_name_the_key(tmp_path, capsys, changes, message):
     assert main(["finetune", str(_spec_file(tmp_path, **changes)), "--out", str(tmp_path / "out")]) == 2
@@ -198,3 +200,58 @@ def test_docs_parameter_table_is_the_spec():
     from apt_research.training.spec import parameter_table
 
     assert parameter_table() in (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+
+
+def test_the_uniform_control_trains_the_model_on_uniform_tokens(tmp_path):
+    finetune(_spec_file(tmp_path, tokenization="uniform", steps=2, val_data=None), tmp_path / "out", progress=False)
+    metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert (metrics["tokens_per_image"] == 17).all()  # 1 + (64 / 16)**2: every base patch, nothing merged
+    state = read_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["state"]
+    assert not state["merge_proj.weight"].any()  # the merge is not trained on uniform tokens
+
+
+def test_best_holds_weights_that_were_evaluated_and_a_checkpoint_starts_a_new_run(tmp_path, uninterrupted):
+    best = read_checkpoint(uninterrupted / "checkpoints" / "best.pt")
+    assert best["step"] in (0, 4, 8)  # evaluations ran at steps 0, 4 and 8 (checkpoints at 2, 4, 6, 8)
+    # a finetune checkpoint (with its merge layers) is a starting point for another run
+    spec = _spec_file(tmp_path, checkpoint=str(uninterrupted / "checkpoints" / "last.pt"), steps=2, val_data=None)
+    assert main(["finetune", str(spec), "--out", str(tmp_path / "out")]) == 0
+
+
+def _class_folder(root, broken=()):
+    from PIL import Image
+
+    from apt_research.datasets import synthetic_image
+
+    for number, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(4):
+            Image.fromarray(synthetic_image(["shapes", "strokes"][number], 64, index)).save(root / name / f"{index}.png")
+    for name in broken:
+        (root / name).write_bytes(b"")
+    return root
+
+
+def test_unreadable_training_images_are_replaced_and_counted(tmp_path):
+    data = _class_folder(tmp_path / "data", broken=["cat/0.png", "dog/1.png"])
+    spec = _spec_file(tmp_path, train_data=str(data), val_data=None, train_images=None, batch_size=1, steps=8,
+                      augmentation=None, random_erasing=0.0)
+    assert main(["finetune", str(spec), "--out", str(tmp_path / "out")]) == 0
+    metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert len(metrics) == 8 and metrics["skipped"].sum() == 2
+
+
+def test_resume_refuses_changed_classes_and_a_second_run_at_once(tmp_path, capsys):
+    from filelock import FileLock
+
+    data = _class_folder(tmp_path / "data")
+    spec = _spec_file(tmp_path, train_data=str(data), val_data=None, train_images=None, batch_size=2, steps=2,
+                      augmentation=None, random_erasing=0.0)
+    out = tmp_path / "out"
+    assert main(["finetune", str(spec), "--out", str(out)]) == 0
+    (data / "dog").rename(data / "ant")
+    assert main(["finetune", str(spec), "--out", str(out), "--resume"]) == 2
+    assert "classes changed since the run began: gone ['dog']; new ['ant']" in capsys.readouterr().err
+    with FileLock(str(out / ".finetune.lock")):
+        assert main(["finetune", str(spec), "--out", str(out), "--resume"]) == 2
+    assert "another finetune is running in it" in capsys.readouterr().err
