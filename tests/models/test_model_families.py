@@ -14,16 +14,9 @@ from timm.layers.pos_embed_sincos import build_rotary_pos_embed  # noqa: E402
 
 from apt_research.models import AptEva, AptViT, from_timm  # noqa: E402
 from images import skimage_batch  # noqa: E402
+from tiny_vits import NAMES, THRESHOLDS, normalised  # noqa: E402
 
-NAMES = ("astronaut", "camera", "coffee", "chelsea")
-THRESHOLDS = [6.5, 7.0]  # merges 16- and 32-px patches of these images at 64 x 64, patch 8
 NOTHING = [-1.0, -1.0]  # a flat patch scores -1.4e-10 bits: only a negative threshold keeps every patch
-
-
-def normalised(pixels, model):
-    config = timm.data.resolve_data_config({}, model=model)
-    mean, std = torch.tensor(config["mean"])[:, None, None], torch.tensor(config["std"])[:, None, None]
-    return (pixels / 255 - mean) / std
 
 
 def relative_error(got, expected):

@@ -15,23 +15,7 @@ from apt_research.models import from_timm  # noqa: E402
 from apt_research.models.attention import PackedLayout, choose_kernel, packed_attention, packed_drop_path  # noqa: E402
 from conftest import cuda  # noqa: E402
 from images import skimage_batch  # noqa: E402
-
-NAMES = ("astronaut", "camera", "coffee", "chelsea")
-THRESHOLDS = [6.5, 7.0]  # merges 16- and 32-px patches of these images at 64 x 64, patch 8
-
-
-def normalised(pixels, model):
-    config = timm.data.resolve_data_config({}, model=model)
-    mean, std = torch.tensor(config["mean"])[:, None, None], torch.tensor(config["std"])[:, None, None]
-    return (pixels / 255 - mean) / std
-
-
-def tiny(seed=0, **options):
-    """A small ViT at 64 x 64, patch 8, so that three scales (8, 16, 32) merge on real images."""
-    torch.manual_seed(seed)
-    options = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5,
-               **options}
-    return timm.models.VisionTransformer(**options).eval()
+from tiny_vits import NAMES, THRESHOLDS, normalised, tiny  # noqa: E402
 
 
 def wrapped(model, thresholds, size, device="cpu"):
