@@ -121,10 +121,11 @@ def finetuned_state(params: dict, state: dict, thresholds: list[float], cache_di
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     out = root / "finetuned" / key
     last = out / "checkpoints" / "last.pt"
-    done = last.is_file() and read_checkpoint(last)["step"] == params["finetune_steps"]
-    if not done:
-        finetune(spec, out, resume=last.is_file(), progress=False)
-    return read_checkpoint(last)["state"]
+    content = read_checkpoint(last) if last.is_file() else None
+    if content is None or content["step"] != params["finetune_steps"]:
+        finetune(spec, out, resume=content is not None, progress=False)
+        content = read_checkpoint(last)
+    return content["state"]
 
 
 def _architecture(model) -> dict:

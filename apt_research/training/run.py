@@ -137,6 +137,7 @@ class Run:
         self.metrics: list[dict] = []
         self.evaluations: list[dict] = []
         self.best: float | None = None
+        self.saved_step = 0  # the step of checkpoints/last.pt (0: none written yet)
         self.step = 0
 
     # -- setting up ---------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ class Run:
         self.metrics = list(checkpoint["metrics"])
         self.evaluations = list(checkpoint["evaluations"])
         self.best = checkpoint["best"]
-        self._last_saved = self.step
+        self.saved_step = self.step
         states = checkpoint["random"]
         _set_random_state(states[self.processes.rank % len(states)])
 
@@ -296,8 +297,8 @@ class Run:
             loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.spec.label_smoothing)
         mean_loss = self.processes.mean(loss.item())
         if not math.isfinite(mean_loss):
-            kept = (f"the last good checkpoint (step {self._checkpointed_step()}) is kept in "
-                    f"{self.out / 'checkpoints' / 'last.pt'}" if self._checkpointed_step() else
+            kept = (f"the last good checkpoint (step {self.saved_step}) is kept in "
+                    f"{self.out / 'checkpoints' / 'last.pt'}" if self.saved_step else
                     "no checkpoint had been written yet")
             raise TrainingStopped(
                 f"the loss is {mean_loss} at step {self.step + 1} (epoch {epoch}): stopped; {kept}; lower lr or "
@@ -324,12 +325,10 @@ class Run:
             write_atomic(self.out / "metrics.csv", pd.DataFrame(self.metrics, columns=METRIC_COLUMNS).to_csv(
                 index=False))
 
-    def _checkpointed_step(self) -> int:
-        return getattr(self, "_last_saved", 0)
-
     def _evaluate(self, epoch: int) -> None:
         if self.val_set is None:
             return
+        improved = False
         if self.processes.main:
             loader = labelled_loader(self.val_set, self.apt.tokenizer, self.local_batch, self.spec.workers)
             rows = evaluate_tokenizations(self.apt, loader, self.processes.device, self.precision,
@@ -339,11 +338,11 @@ class Run:
             frame = pd.DataFrame(self.evaluations)
             write_atomic(self.out / "evaluation.csv", frame.to_csv(index=False))
             trained = next(row for row in rows if row["tokenization"] == self.spec.tokenization)
-            self._improved = self.best is None or trained["top1"] > self.best
-            if self._improved:
+            improved = self.best is None or trained["top1"] > self.best
+            if improved:
                 self.best = trained["top1"]
         self.net.train()
-        improved = self.processes.broadcast(getattr(self, "_improved", False))
+        improved = self.processes.broadcast(improved)
         self.best = self.processes.broadcast(self.best)
         if improved:
             self._checkpoint("best.pt")  # the weights that were just evaluated
@@ -368,10 +367,9 @@ class Run:
             except OSError as error:
                 raise TrainingStopped(
                     f"could not write {name} at step {self.step}: {error}; the previous checkpoint "
-                    f"(step {self._checkpointed_step()}) in {folder} is intact: free space, then --resume") from error
-            self._improved = False
+                    f"(step {self.saved_step}) in {folder} is intact: free space, then --resume") from error
         if name == "last.pt":
-            self._last_saved = self.step
+            self.saved_step = self.step
         self.processes.barrier()
 
 
