@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from contextlib import contextmanager
 import random
 import sys
@@ -390,10 +391,20 @@ def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
         processes = start(spec.device)
     try:
         run = Run(spec, Path(out), resume, processes, progress)
+        refusal = None
         if processes.main:
-            lock = _lock(Path(out), resume)
-            checkpoint = run.prepare_folder()
-        processes.barrier()
+            try:
+                lock = _lock(Path(out), resume)
+                checkpoint = run.prepare_folder()
+            except (UsageError, OwnershipError, SpecError, NotPlainData) as error:
+                refusal = error
+        # rank 0's refusal of --out reaches every process, which all stop with it (no rank is left waiting for
+        # a collective that never comes, and torchrun shows the one line instead of a broken connection)
+        message = processes.broadcast(None if refusal is None else str(refusal))
+        if refusal is not None:
+            raise refusal
+        if message is not None:
+            raise UsageError(message)
         if not processes.main and resume:
             checkpoint = read_checkpoint(Path(out) / "checkpoints" / "last.pt", "--out's checkpoint") if (
                 Path(out) / "checkpoints" / "last.pt").is_file() else None
@@ -401,6 +412,8 @@ def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
             checkpoint = None
         with _setting_up():
             run.build(checkpoint)
+        if run.step >= run.total_steps:  # --resume of a finished run: its files stay as they are
+            return Path(out)
         if processes.main:
             from ..provenance import provenance
 
@@ -450,7 +463,8 @@ def main_for_cli(spec_path: str, out: str, resume: bool) -> int:
     try:
         finetune(spec_path, out, resume)
     except (SpecError, NotPlainData, UsageError, OwnershipError) as error:
-        print(f"apt-research finetune: error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops with it; rank 0 says it once
+            print(f"apt-research finetune: error: {error}", file=sys.stderr)
         return 2
     except TrainingStopped as error:
         print(f"apt-research finetune: stopped: {error}", file=sys.stderr)

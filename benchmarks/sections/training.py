@@ -200,9 +200,12 @@ def measure(name: str, batch: int, size: int = 224, settings=(THRESHOLDS,), devi
                 padded = from_timm(model, len(thresholds) + 1, thresholds, attention="padded")
                 padded.load_state_dict(apt.state_dict())
                 calls["padded"] = call(padded.train(mode != "inference"), tokens)
-            times = {key: statistics.median(value) for key, value in rounds(calls, warmup, repeats, device).items()}
+            drawn = rounds(calls, warmup, repeats, device)
+            times = {key: statistics.median(value) for key, value in drawn.items()}
             predicted = predicted_speedup(seqlens, uniform_tokens, cost, patch) if cost else None
-            measured = times["uniform"] / times["packed"]
+            # paired: each round's uniform over the same round's APT (the two ran back to back, under the same
+            # load), then the median of those ratios; a load change between rounds moves both sides of a pair
+            measured = statistics.median(u / a for u, a in zip(drawn["uniform"], drawn["packed"]))
             record = dict(base, mode=mode, batch=count, apt_tokens=sum(seqlens) / count, seqlens=seqlens,
                           retention=(sum(seqlens) - count * model.num_prefix_tokens)
                           / (count * (uniform_tokens - model.num_prefix_tokens)),
@@ -243,7 +246,9 @@ def run(models=MODELS, size: int = 224, thresholds=THRESHOLDS, warmup: int = 1, 
         f"Random weights, the bundled scikit-image images (cycled) at {size} px, float32 on the CPU with "
         f"{torch.get_num_threads()} threads; load average (1, 5, 15 min) {start_load} at the start of the "
         f"section, {end_load} at its end ({time.perf_counter() - began:.0f} s). Each figure is the median of "
-        f"{repeats} rounds after {warmup} warm-up round(s); in each round uniform and APT run in turn.",
+        f"{repeats} rounds after {warmup} warm-up round(s); in each round uniform and APT run in turn. The measured "
+        "speedup is the median of the rounds' own ratios (uniform over APT in the same round), so that a load "
+        "change between rounds moves both sides of each ratio.",
         "APT: `from_timm(model, 3, thresholds)` on tokens made beforehand, as the loader's workers (maps) and "
         "`collate` (selection, packing) make them; the tokenizer's time is in the second table, not in the step. "
         f"Packed attention: kernel `{records[0]['packed_kernel'] if records else '-'}` "

@@ -94,6 +94,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, uninterrup
     assert result.returncode == 0, result.stderr[-3000:]
     assert _losses(tmp_path / "out") == pytest.approx(_losses(uninterrupted), rel=1e-5)
     assert read_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["step"] == 8
+    # rank 0's refusal of --out (a run is there, no --resume) stops every rank with its one line, said once,
+    # instead of leaving rank 1 at a collective until gloo breaks the connection
+    refused = subprocess.run([*torchrun, "-m", "apt_research.finetune", str(spec), "--out", str(tmp_path / "out")],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode != 0
+    assert refused.stderr.count("apt-research finetune: error:") == 1, refused.stderr[-3000:]
+    assert "add --resume" in refused.stderr
+    assert "Connection" not in refused.stderr and "gloo" not in refused.stderr.lower(), refused.stderr[-3000:]
+    assert "exitcode  : 2" in refused.stderr  # both ranks stopped with the refusal (torchrun's summary)
 
 
 def test_resume_with_another_spec_is_refused_naming_the_difference(tmp_path, uninterrupted, capsys):

@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("timm")
 
+from apt_research.training import finetune, load_finetune_spec  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,7 +27,14 @@ def test_finetune_notebook(tmp_path):
     assert (out / "figures" / "finetune_top1.pdf").stat().st_size > 0
     executed = (tmp_path / "run.ipynb").read_text()
     assert "APT zero-shot at thresholds [5.0]" in executed
-    # a second run with the same parameters reuses the finished run instead of training again
-    before = (out / "run" / "metrics.csv").stat().st_mtime_ns
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
-    assert (out / "run" / "metrics.csv").stat().st_mtime_ns == before
+    # the notebook's rerun with the same parameters: the finished run is resumed, nothing trains or is rewritten
+    written = {path.name: path.stat().st_mtime_ns for path in (out / "run").iterdir() if path.is_file()}
+    finetune(load_finetune_spec(out / "run" / "spec.yaml", base=Path("/")), out / "run", resume=True, progress=False)
+    assert {path.name: path.stat().st_mtime_ns for path in (out / "run").iterdir() if path.is_file()} == written
+    # a rerun with other parameters into the same output_dir is refused, naming what changed, instead of
+    # printing the old run's top-1 under the new thresholds
+    changed = subprocess.run(command[:-1] + [command[-1].replace("thresholds: [5.0]", "thresholds: [4.0]")],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert changed.returncode != 0
+    assert "the spec differs" in changed.stderr + changed.stdout and "thresholds" in changed.stderr + changed.stdout
+    assert {path.name: path.stat().st_mtime_ns for path in (out / "run").iterdir() if path.is_file()} == written
