@@ -25,7 +25,7 @@ from apt_research.backends.numba_backend import kernel_cache as _numba
 from kernel_steps import FIRST_STEPS, run_kernel_steps
 
 PACKAGE = Path(apt_research.__file__).resolve().parent
-ROUNDS = int(os.environ.get("APT_KERNEL_CACHE_ROUNDS", "20"))
+ROUNDS = int(os.environ.get("APT_KERNEL_CACHE_ROUNDS", "8"))  # each step first once, and one more
 
 
 def check(result, *steps) -> list[str]:
