@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     records = measure(entries, args.settings, device, torch.bfloat16, warmup, repeats, padded_modes)
     notes = [
         f"bf16 autocast on {device} (fp32 weights, AdamW), random weights, the bundled images; medians of "
-        f"{repeats} rounds after {warmup} warm-up round(s), uniform and APT in turn; "
+        f"{repeats} rounds after {warmup} warm-up round(s), uniform and APT in turn (the speedup: the median "
+        "of each round's own uniform / APT ratio); "
         f"{time.perf_counter() - began:.0f} s in all, load average {start_load} at the start.",
         f"Packed attention: kernel `{records[0]['packed_kernel']}`; uniform: timm's own model "
         "(`scaled_dot_product_attention`); padded: timm's blocks on a padded batch with a key mask. The "
