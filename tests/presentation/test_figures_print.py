@@ -454,3 +454,36 @@ def test_finetune_figure_prints_as_it_is(tmp_path):
     assert facts["sizes"] and all(style.MIN_FONT_PT <= size <= style.MAX_FONT_PT for size in facts["sizes"])
     with pytest.raises(ValueError, match="must hold step 0"):
         top1_vs_steps(evaluations[evaluations["step"] > 0])
+
+
+def test_finetune_figure_names_what_the_run_trained_on_and_its_control(tmp_path):
+    """The lines are labelled by the run's own tokenization; a control run (the same spec on uniform tokens) is its
+    own line; the figure still prints at one column with the key off the data."""
+    from apt_research.presentation.training_figures import top1_vs_steps
+
+    def run(uniform, apt):
+        return pd.DataFrame([{"step": step, "tokenization": name, "top1": top1,
+                              "retention": 1.0 if name == "uniform" else 0.4}
+                             for step, u, a in zip([0, 40, 80], uniform, apt)
+                             for name, top1 in (("uniform", u), ("apt", a))])
+
+    def labels(figure):
+        return [text.get_text() for text in figure.legends[0].get_texts()]
+
+    evaluations, control = run([0.88, 0.82, 0.63], [0.72, 0.84, 0.89]), run([0.88, 0.89, 0.90], [0.72, 0.80, 0.83])
+    assert "APT fine-tuned (40% tokens)" in labels(top1_vs_steps(evaluations))
+    assert "uniform tokens, same model" in labels(top1_vs_steps(evaluations))
+    on_uniform = labels(top1_vs_steps(control, trained_on="uniform"))
+    assert "uniform fine-tuned" in on_uniform and "APT tokens, same model (40% tokens)" in on_uniform
+    assert not any("APT fine-tuned" in label for label in on_uniform)
+    figure = top1_vs_steps(evaluations, control=control)
+    assert "uniform fine-tuned (control)" in labels(figure)
+    line = next(line for line in figure.axes[0].get_lines() if line.get_label() == "uniform fine-tuned (control)")
+    assert list(line.get_ydata()) == pytest.approx([88.0, 89.0, 90.0])
+    assert legends_clear_of_data(figure)
+    figures.save_figure(figure, tmp_path / "finetune_top1", legends="keep")
+    assert pdf_facts(tmp_path / "finetune_top1.pdf")["width"] == pytest.approx(style.ONE_COLUMN_IN * 72, abs=0.01)
+    with pytest.raises(ValueError, match="trained_on must be one of .*got 'APT'"):
+        top1_vs_steps(evaluations, trained_on="APT")
+    with pytest.raises(ValueError, match="control must be a finetune evaluation.csv"):
+        top1_vs_steps(evaluations, control=control.drop(columns="top1"))

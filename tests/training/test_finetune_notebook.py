@@ -20,21 +20,31 @@ def test_finetune_notebook(tmp_path):
                "-p", "output_dir", str(out), "-y",
                "model_options: {image_size: 64, count: 30, epochs: 1, embed_dim: 16, depth: 1}\n"
                "train_images: 24\nval_images: 12\nnum_scales: 2\nthresholds: [5.0]\nsteps: 4\nbatch_size: 6\n"
-               "eval_every: 2"]
+               "eval_every: 2\ndrop_path: 0.0"]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
     evaluations = pd.read_csv(out / "run" / "evaluation.csv")
     assert evaluations["step"].tolist() == [0, 0, 2, 2, 4, 4]
     assert (out / "figures" / "finetune_top1.pdf").stat().st_size > 0
     executed = (tmp_path / "run.ipynb").read_text()
     assert "APT zero-shot at thresholds [5.0]" in executed
-    # the notebook's rerun with the same parameters: the finished run is resumed, nothing trains or is rewritten
-    written = {path.name: path.stat().st_mtime_ns for path in (out / "run").iterdir() if path.is_file()}
-    finetune(load_finetune_spec(out / "run" / "spec.yaml", base=Path("/")), out / "run", resume=True, progress=False)
-    assert {path.name: path.stat().st_mtime_ns for path in (out / "run").iterdir() if path.is_file()} == written
+    # a spec key that is not in the parameters cell (drop_path) reaches the spec; the control run is the same
+    # spec on uniform tokens, evaluated at the same steps, and the notebook prints it
+    spec = load_finetune_spec(out / "run" / "spec.yaml", base=Path("/"))
+    control = load_finetune_spec(out / "control" / "spec.yaml", base=Path("/"))
+    assert spec.drop_path == 0.0 and spec.tokenization == "apt"
+    assert control.differences(spec) == ["tokenization: 'uniform' -> 'apt'"]
+    assert pd.read_csv(out / "control" / "evaluation.csv")["step"].tolist() == [0, 0, 2, 2, 4, 4]
+    assert "control, the same spec fine-tuned on uniform tokens" in executed
+    # the notebook's rerun with the same parameters: the finished runs are resumed, nothing trains or is rewritten
+    written = {path: path.stat().st_mtime_ns for folder in ("run", "control") for path in (out / folder).iterdir()
+               if path.is_file()}
+    finetune(spec, out / "run", resume=True, progress=False)
+    finetune(control, out / "control", resume=True, progress=False)
+    assert {path: path.stat().st_mtime_ns for path in written} == written
     # a rerun with other parameters into the same output_dir is refused, naming what changed, instead of
     # printing the old run's top-1 under the new thresholds
     changed = subprocess.run(command[:-1] + [command[-1].replace("thresholds: [5.0]", "thresholds: [4.0]")],
                              cwd=ROOT, capture_output=True, text=True)
     assert changed.returncode != 0
     assert "the spec differs" in changed.stderr + changed.stdout and "thresholds" in changed.stderr + changed.stdout
-    assert {path.name: path.stat().st_mtime_ns for path in (out / "run").iterdir() if path.is_file()} == written
+    assert {path: path.stat().st_mtime_ns for path in written} == written
