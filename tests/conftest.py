@@ -17,7 +17,7 @@ collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["backends
 
 
 @pytest.fixture(scope="session", autouse=True)
-def kernel_cache(tmp_path_factory, worker_id):
+def kernel_cache(tmp_path_factory):
     """The suite's own kernel cache, new for every run of the suite (as in CI): built by ``FIRST_STEPS``, all
     started at once on the empty folder; every later process of the suite (notebooks, workers) loads it.
     Returns the folder and the steps' results (``None`` in a suite that a test of this suite started: it uses
@@ -28,7 +28,9 @@ def kernel_cache(tmp_path_factory, worker_id):
     """
     if os.environ.get("APT_RESEARCH_SUITE_KERNEL_CACHE"):
         return os.environ["APT_RESEARCH_SUITE_KERNEL_CACHE"], None
-    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    # an xdist worker (PYTEST_XDIST_WORKER set) shares its session folder's parent with the other workers
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
     cache, record = root / "kernels" / "cache", root / "kernels" / "first-steps.json"
     os.environ["APT_RESEARCH_KERNEL_CACHE"] = os.environ["APT_RESEARCH_SUITE_KERNEL_CACHE"] = str(cache)
     (root / "kernels").mkdir(exist_ok=True)

@@ -380,6 +380,10 @@ def _spec_yaml(spec: FinetuneSpec) -> str:
     return yaml.safe_dump(spec.model_dump(), sort_keys=False)
 
 
+class RankZeroRefused(UsageError):
+    """Under torchrun, on ranks other than 0: rank 0 refused ``--out`` (and said why on the console)."""
+
+
 def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
     """Fine-tune as ``spec`` (a ``FinetuneSpec``, a dict or a YAML path) says into ``out``; returns ``out``.
 
@@ -399,12 +403,16 @@ def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
             except (UsageError, OwnershipError, SpecError, NotPlainData) as error:
                 refusal = error
         # rank 0's refusal of --out reaches every process, which all stop with it (no rank is left waiting for
-        # a collective that never comes, and torchrun shows the one line instead of a broken connection)
+        # a collective that never comes, and torchrun shows the one line instead of a broken connection). Under
+        # torchrun rank 0 says it before the others learn of it: once they exit, torchrun may end rank 0.
+        if refusal is not None and processes.world > 1:
+            print(f"apt-research finetune: error: {refusal}", file=sys.stderr, flush=True)
+            refusal.said = True
         message = processes.broadcast(None if refusal is None else str(refusal))
         if refusal is not None:
             raise refusal
         if message is not None:
-            raise UsageError(message)
+            raise RankZeroRefused(message)
         if not processes.main and resume:
             checkpoint = read_checkpoint(Path(out) / "checkpoints" / "last.pt", "--out's checkpoint") if (
                 Path(out) / "checkpoints" / "last.pt").is_file() else None
@@ -463,7 +471,7 @@ def main_for_cli(spec_path: str, out: str, resume: bool) -> int:
     try:
         finetune(spec_path, out, resume)
     except (SpecError, NotPlainData, UsageError, OwnershipError) as error:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops with it; rank 0 says it once
+        if not isinstance(error, RankZeroRefused) and not getattr(error, "said", False):  # rank 0 said those
             print(f"apt-research finetune: error: {error}", file=sys.stderr)
         return 2
     except TrainingStopped as error:
@@ -475,5 +483,6 @@ def main_for_cli(spec_path: str, out: str, resume: bool) -> int:
     except OSError as error:  # a full disk, a folder without write permission, a link planted in our folder
         print(f"apt-research finetune: error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"wrote {out}")
     return 0
