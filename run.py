@@ -59,8 +59,8 @@ def main(argv: list[str]) -> int:
         return 2
     ensure_environment()
     command, rest = argv[0], argv[1:]
-    if command == "test":  # two xdist workers (the suite's 2-core figure); a later -n in rest overrides it
-        return run("-m", "pytest", "-n", "2", *rest)
+    if command == "test":  # two xdist workers that take work from each other (docs/testing.md); a later -n overrides
+        return run("-m", "pytest", "-n", "2", "--dist", "worksteal", *rest)
     if command == "bench":
         return run("-m", "benchmarks.run", *rest)
     if command == "lab":
