@@ -179,7 +179,7 @@ def run_evaluation(model: str, data: str, out, *, checkpoint=None, pretrained: b
 
     from .._io import claim, write_atomic
     from ..provenance import provenance
-    from .checkpoints import build_model, load_weights, read_checkpoint
+    from .checkpoints import build_model, load_weights, read_checkpoint, require_model
     from .classes import class_mapping, data_classes, labelled_data, labelled_loader
     from .timm_vit import from_timm
 
@@ -187,8 +187,8 @@ def run_evaluation(model: str, data: str, out, *, checkpoint=None, pretrained: b
 
     content = read_checkpoint(checkpoint) if checkpoint is not None else None
     ours = content is not None and "class_names" in content
-    if ours and content.get("model") != model:
-        raise UsageError(f"--checkpoint holds a fine-tuned {content.get('model')!r}, not --model {model!r}")
+    if content is not None:
+        require_model(content, model)
     if ours and thresholds is None and target_retention is None and num_scales in (None, content["num_scales"]):
         num_scales, thresholds = content["num_scales"], list(content["thresholds"])  # what it was fine-tuned at
     num_scales = 3 if num_scales is None else num_scales

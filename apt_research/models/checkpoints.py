@@ -75,13 +75,19 @@ def build_model(name: str, pretrained: bool, model_options: dict | None = None, 
     return model
 
 
+def require_model(content: dict, model_name: str, argument: str = "--checkpoint", model_argument: str = "--model"):
+    """Refuse a checkpoint of ``apt-research finetune`` that fine-tuned another model than ``model_name``."""
+    if content.get("kind") == KIND and content.get("model") != model_name:
+        raise UsageError(f"{argument} holds a fine-tuned {content.get('model')!r}, not {model_argument} "
+                         f"{model_name!r}")
+
+
 def load_weights(apt, content: dict, model_name: str, argument: str = "--checkpoint") -> None:
     """Load a checkpoint's weights into ``apt`` (an ``AptViT``), naming what does not fit.
 
     Ours carry the wrapper's state (model and merge); a plain ``state_dict`` is the timm model's.
     """
-    if content.get("kind") == KIND and content.get("model") != model_name:
-        raise UsageError(f"{argument} holds a fine-tuned {content.get('model')!r}, not --model {model_name!r}")
+    require_model(content, model_name, argument)
     state = content.get("state")
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise UsageError(f"{argument} holds no weights (its 'state' is not a dict of tensors)")

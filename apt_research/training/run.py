@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from .._io import check_claimable, claim, make_dirs, remove_partial_files, require_owned, write_atomic
+from .._io import claim, make_dirs, remove_partial_files, require_owned, write_atomic
 from ..errors import NotPlainData, OwnershipError, SpecError, UsageError
 from ..models.accuracy import (
     autocast_for, calibrated_thresholds, default_thresholds, evaluate_tokenizations, model_options_for,
 )
-from ..models.checkpoints import build_model, load_weights, read_checkpoint, save_checkpoint
+from ..models.checkpoints import build_model, load_weights, read_checkpoint, require_model, save_checkpoint
 from ..models.classes import SYNSET, class_mapping, data_classes, imagenet_synsets, labelled_data, labelled_loader
 from ..models.timm_vit import from_timm
 from .distributed import Processes, start
@@ -143,10 +143,10 @@ class Run:
 
     # -- setting up ---------------------------------------------------------------------------------------------
     def prepare_folder(self) -> dict | None:
-        """Claim ``out`` (rank 0), check ``--resume`` against it; returns the checkpoint to resume from."""
+        """Check ``out`` (rank 0, after ``_lock`` claimed it or found it ours) for a new run or ``--resume``;
+        returns the checkpoint to resume from."""
         last = self.out / "checkpoints" / "last.pt"
         if self.resume:
-            require_owned(self.out, KIND, "--out")
             if not (self.out / "spec.yaml").is_file():
                 raise UsageError(f"--resume: {str(self.out)!r} has no spec.yaml (the run's spec, written when it "
                                  "began), so nothing says what it ran; start a new --out")
@@ -162,20 +162,18 @@ class Run:
                 raise UsageError(f"{error}; the run cannot resume from it (checkpoints/best.pt, if there, holds the "
                                  "best weights evaluated: start a new --out from it with the spec key checkpoint)"
                                  ) from None
-        if check_claimable(self.out, KIND) and (last.is_file() or (self.out / "metrics.csv").is_file()):
+        if last.is_file() or (self.out / "metrics.csv").is_file():
             raise UsageError(f"--out {str(self.out)!r} holds a fine-tuning run: add --resume to continue it, or "
                              "choose another folder")
-        if self.processes.main:
-            claim(self.out, KIND)
-            write_atomic(self.out / "spec.yaml", _spec_yaml(self.spec))
+        write_atomic(self.out / "spec.yaml", _spec_yaml(self.spec))
         return None
 
     def build(self, checkpoint: dict | None) -> None:
         spec, device = self.spec, self.processes.device
         torch.manual_seed(spec.seed)
         initial = read_checkpoint(spec.checkpoint, "checkpoint") if spec.checkpoint else None
-        if initial is not None and initial.get("kind") and initial.get("model") != spec.model:
-            raise UsageError(f"checkpoint holds a fine-tuned {initial.get('model')!r}, not model {spec.model!r}")
+        if initial is not None:
+            require_model(initial, spec.model, "checkpoint", "model")
         names = data_classes(spec.train_data, "train_data")
         options = model_options_for(spec.model, spec.image_size, spec.model_options)
         model = build_model(spec.model, spec.pretrained and initial is None, options)
