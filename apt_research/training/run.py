@@ -379,7 +379,7 @@ def _spec_yaml(spec: FinetuneSpec) -> str:
 
 
 class RankZeroRefused(UsageError):
-    """Under torchrun, on ranks other than 0: rank 0 refused ``--out`` (and said why on the console)."""
+    """Under torchrun, on every rank: rank 0 refused ``--out`` (and said why on the console)."""
 
 
 def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
@@ -403,14 +403,13 @@ def finetune(spec, out, resume: bool = False, progress: bool = True) -> Path:
         # rank 0's refusal of --out reaches every process, which all stop with it (no rank is left waiting for
         # a collective that never comes, and torchrun shows the one line instead of a broken connection). Under
         # torchrun rank 0 says it before the others learn of it: once they exit, torchrun may end rank 0.
-        if refusal is not None and processes.world > 1:
-            print(f"apt-research finetune: error: {refusal}", file=sys.stderr, flush=True)
-            refusal.said = True
-        message = processes.broadcast(None if refusal is None else str(refusal))
-        if refusal is not None:
+        if refusal is not None and processes.world == 1:
             raise refusal
+        if refusal is not None:
+            print(f"apt-research finetune: error: {refusal}", file=sys.stderr, flush=True)
+        message = processes.broadcast(None if refusal is None else str(refusal))
         if message is not None:
-            raise RankZeroRefused(message)
+            raise RankZeroRefused(message) from refusal
         if not processes.main and resume:
             checkpoint = read_checkpoint(Path(out) / "checkpoints" / "last.pt", "--out's checkpoint") if (
                 Path(out) / "checkpoints" / "last.pt").is_file() else None
@@ -469,7 +468,7 @@ def main_for_cli(spec_path: str, out: str, resume: bool) -> int:
     try:
         finetune(spec_path, out, resume)
     except (SpecError, NotPlainData, UsageError, OwnershipError) as error:
-        if not isinstance(error, RankZeroRefused) and not getattr(error, "said", False):  # rank 0 said those
+        if not isinstance(error, RankZeroRefused):  # rank 0 said that one already
             print(f"apt-research finetune: error: {error}", file=sys.stderr)
         return 2
     except TrainingStopped as error:
